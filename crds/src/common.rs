@@ -185,6 +185,23 @@ pub(crate) fn conditions_list_map(schema: &mut Schema) {
     );
 }
 
+/// Appends a CEL rule to a schema's `x-kubernetes-validations`, keeping rules the type brought.
+pub(crate) fn push_rule(schema: &mut Schema, rule: &str, message: &str) {
+    let entry = serde_json::json!({"rule": rule, "message": message});
+    match schema
+        .get_mut("x-kubernetes-validations")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        Some(rules) => rules.push(entry),
+        None => {
+            schema.insert(
+                "x-kubernetes-validations".into(),
+                serde_json::json!([entry]),
+            );
+        }
+    }
+}
+
 /// Storage per media tier.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

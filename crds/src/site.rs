@@ -4,7 +4,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Jurisdiction, ResourceSet, conditions_list_map};
+use schemars::Schema;
+
+use crate::common::{Condition, Jurisdiction, ResourceSet, conditions_list_map, push_rule};
 
 /// A data centre (site) of the sovereign cloud: where racks stand and under whose law their data
 /// lives. Tenants' residency rules and classification are checked against it.
@@ -31,7 +33,7 @@ use crate::common::{Condition, Jurisdiction, ResourceSet, conditions_list_map};
 pub struct SiteSpec {
     /// Country whose law governs data stored at this site (ISO 3166-1 alpha-2, e.g. VN).
     /// Immutable: moving a site across a border would silently break every tenant's residency.
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "jurisdiction is immutable"}]))]
+    #[schemars(transform = jurisdiction_immutable)]
     pub jurisdiction: Jurisdiction,
     /// Region or city inside the jurisdiction (free text, e.g. hanoi-north).
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -73,4 +75,8 @@ pub struct SiteStatus {
     #[serde(default)]
     #[schemars(transform = conditions_list_map, length(max = 16))]
     pub conditions: Vec<Condition>,
+}
+
+fn jurisdiction_immutable(schema: &mut Schema) {
+    push_rule(schema, "self == oldSelf", "jurisdiction is immutable");
 }
