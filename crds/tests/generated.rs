@@ -1,5 +1,7 @@
 //! Properties of the generated CRDs that the API server and kubectl users depend on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
 use serde_json::Value;
 use sovereign_crds::{crds, drift, openapi_schema, structural};
 

@@ -58,7 +58,7 @@ impl fmt::Debug for ApiServerModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiServerModel")
             .field("kinds", &self.kinds.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -195,7 +195,7 @@ impl ApiServerModel {
                 self.cel
                     .validate_compiled(&model.cel, &body, old_body.as_ref())
             {
-                for e in cel_errors.iter() {
+                for e in &cel_errors {
                     let value = lookup(&defaulted, &e.field_path);
                     errors.push(FieldError {
                         field: e.field_path.clone(),
@@ -366,7 +366,9 @@ fn field_path(pointer: &str) -> String {
     for seg in pointer.split('/').skip(1) {
         let seg = seg.replace("~1", "/").replace("~0", "~");
         if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
-            out.push_str(&format!("[{seg}]"));
+            out.push('[');
+            out.push_str(&seg);
+            out.push(']');
         } else {
             if !out.is_empty() {
                 out.push('.');
@@ -534,4 +536,55 @@ fn schema_pointer_for(field: &str) -> String {
         .map(|p| format!("properties.{}", p.split('[').next().unwrap_or(p)))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_become_api_server_field_paths() {
+        assert_eq!(
+            field_path("/spec/residency/jurisdictions/1"),
+            "spec.residency.jurisdictions[1]"
+        );
+        assert_eq!(
+            field_path("/spec/admins/0/namespace"),
+            "spec.admins[0].namespace"
+        );
+        assert_eq!(field_path(""), "");
+    }
+
+    #[test]
+    fn values_print_like_go() {
+        assert_eq!(go_value(&json!("vn")), "\"vn\"");
+        assert_eq!(go_value(&json!(7)), "7");
+        assert_eq!(go_value(&json!({"a": 1})), "\"object\"");
+        assert_eq!(number(&json!(5.0)), "5");
+        assert_eq!(number(&json!(0.5)), "0.5");
+    }
+
+    #[test]
+    fn nullable_becomes_a_null_type() {
+        let s = to_json_schema(
+            &json!({"type": "object", "properties": {"a": {"type": "string", "nullable": true}}}),
+        );
+        assert_eq!(s["properties"]["a"], json!({"type": ["string", "null"]}));
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_names_are_refused() {
+        let model = ApiServerModel::new().unwrap();
+        let err = model
+            .admit(
+                &json!({"apiVersion": "sovereign.io/v1", "kind": "Site"}),
+                None,
+            )
+            .unwrap_err();
+        assert!(err[0].message.starts_with("no matches for kind \"Site\""));
+        let site = json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Site", "metadata": {"name": "a.b-"},
+                          "spec": {"jurisdiction": "VN", "region": "x", "securityTier": 1}});
+        let err = model.admit(&site, None).unwrap_err();
+        assert_eq!(err[0].field, "metadata.name");
+    }
 }

@@ -1,6 +1,8 @@
 //! Every valid sample is admitted and every invalid one is refused with its expected message,
 //! by the OpenAPI schema (jsonschema) and the CEL rules (kube-cel) of the generated CRDs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
