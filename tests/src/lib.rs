@@ -573,6 +573,21 @@ mod tests {
     }
 
     #[test]
+    fn type_errors_block_cel_like_the_api_server() {
+        let model = ApiServerModel::new().unwrap();
+        let vol = json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+                         "metadata": {"name": "v", "namespace": "t"},
+                         "spec": {"size": "1Gi", "tier": "ssd", "replicas": "three", "spread": "Rack"}});
+        let err = model.admit(&vol, None).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(
+            err[0].to_string(),
+            "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\""
+        );
+        assert!(err[0].blocking);
+    }
+
+    #[test]
     fn unknown_kinds_and_bad_names_are_refused() {
         let model = ApiServerModel::new().unwrap();
         let err = model
