@@ -1,0 +1,284 @@
+//! Building the engine's inputs from the Sovereign API objects (pure conversion, no I/O).
+
+use sovereign_crds::quantity::QuantityError;
+use sovereign_crds::server::IntrusionState;
+use sovereign_crds::{
+    ComputeInstance, ConditionStatus, Health, Rack, ResourceSet, Server, Site, StorageVolume, Tenant,
+};
+use thiserror::Error;
+
+use crate::model::{Inventory, InventoryError, RackInput, Request, ServerInput, TenantPolicy, Unhealthy};
+use crate::resources::{CapacityPolicy, Class, Resources};
+
+/// Conversion errors, naming the object at fault.
+#[derive(Debug, Error)]
+pub enum ConvertError {
+    #[error("{object}: {source}")]
+    Quantity {
+        object: String,
+        #[source]
+        source: QuantityError,
+    },
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error("{object}: tenant {tenant} does not exist")]
+    UnknownTenant { object: String, tenant: String },
+    #[error("{object}: {message}")]
+    Invalid { object: String, message: String },
+}
+
+/// How health is judged from Server status.
+#[derive(Clone, Debug)]
+pub struct HealthPolicy {
+    /// Current time in Unix seconds (the caller's clock: the engine has none).
+    pub now_unix: i64,
+    /// Telemetry older than this makes a server unschedulable.
+    pub stale_after_seconds: i64,
+    /// Treat servers that never reported telemetry as healthy and able to encrypt (planning
+    /// before agents run). Servers that did report are judged on what they reported.
+    pub assume_healthy_without_telemetry: bool,
+}
+
+/// Rough power a replica adds, for the rack-budget filter.
+#[derive(Clone, Debug)]
+pub struct PowerModel {
+    pub watts_per_core: u64,
+    pub watts_per_gpu: u64,
+    pub watts_per_tib_storage: u64,
+}
+
+impl Default for PowerModel {
+    fn default() -> Self {
+        Self { watts_per_core: 8, watts_per_gpu: 350, watts_per_tib_storage: 2 }
+    }
+}
+
+impl PowerModel {
+    pub fn estimate(&self, r: &Resources) -> u64 {
+        let storage = r.get(Class::Nvme) + r.get(Class::Ssd) + r.get(Class::Hdd);
+        r.get(Class::Cpu).div_ceil(1000) * self.watts_per_core
+            + r.get(Class::Gpu) * self.watts_per_gpu
+            + storage.div_ceil(1 << 40) * self.watts_per_tib_storage
+    }
+}
+
+fn resources(object: &str, set: &ResourceSet) -> Result<Resources, ConvertError> {
+    Resources::from_set(set).map_err(|source| ConvertError::Quantity { object: object.to_owned(), source })
+}
+
+fn name(meta: &kube_meta::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+mod kube_meta {
+    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+}
+
+/// Health verdict of one server: None when it may receive replicas.
+pub fn server_health(server: &Server, policy: &HealthPolicy) -> Option<Unhealthy> {
+    if server.spec.maintenance {
+        return Some(Unhealthy::Maintenance);
+    }
+    let Some(status) = &server.status else {
+        return (!policy.assume_healthy_without_telemetry).then_some(Unhealthy::TelemetryStale);
+    };
+    if status.security.as_ref().is_some_and(|s| s.intrusion != IntrusionState::Normal && s.intrusion != IntrusionState::Unknown)
+    {
+        return Some(Unhealthy::IntrusionDetected);
+    }
+    let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| c.status);
+    if condition("BmcReachable") == Some(ConditionStatus::False) {
+        return Some(Unhealthy::BmcUnreachable);
+    }
+    match &status.last_seen {
+        Some(t) if policy.now_unix - t.0.as_second() > policy.stale_after_seconds => {
+            return Some(Unhealthy::TelemetryStale);
+        }
+        None if !policy.assume_healthy_without_telemetry => return Some(Unhealthy::TelemetryStale),
+        _ => {}
+    }
+    if status.health == Health::Critical {
+        return Some(Unhealthy::HealthCritical);
+    }
+    if condition("Ready") == Some(ConditionStatus::False) {
+        return Some(Unhealthy::NotReady);
+    }
+    None
+}
+
+fn encryption_capable(server: &Server, policy: &HealthPolicy) -> bool {
+    match &server.status {
+        Some(st) if !st.drives.is_empty() => st.drives.iter().any(|d| d.encryption_capable),
+        _ => policy.assume_healthy_without_telemetry,
+    }
+}
+
+/// Builds the inventory from Sites, Racks and Servers.
+pub fn inventory(
+    sites: &[Site],
+    racks: &[Rack],
+    servers: &[Server],
+    capacity: &CapacityPolicy,
+    health: &HealthPolicy,
+) -> Result<Inventory, ConvertError> {
+    let sites = sites
+        .iter()
+        .map(|s| crate::model::Site {
+            name: name(&s.metadata),
+            jurisdiction: s.spec.jurisdiction.0.clone(),
+            security_tier: s.spec.security_tier,
+        })
+        .collect();
+    let racks = racks
+        .iter()
+        .map(|r| RackInput {
+            name: name(&r.metadata),
+            site: r.spec.site.clone(),
+            power_budget_watts: u64::from(r.spec.power_budget_watts),
+            measured_watts: r.status.as_ref().and_then(|s| s.power_watts).map_or(0, u64::from),
+        })
+        .collect();
+    let servers = servers
+        .iter()
+        .map(|s| {
+            let object = format!("Server {}", name(&s.metadata));
+            // Measured capacity wins over the asset register's declaration.
+            let total = s
+                .status
+                .as_ref()
+                .and_then(|st| st.capacity.as_ref())
+                .or(s.spec.capacity.as_ref())
+                .map(|set| resources(&object, set))
+                .transpose()?
+                .unwrap_or_default();
+            let reserved = s.spec.reserved.as_ref().map(|set| resources(&object, set)).transpose()?.unwrap_or_default();
+            Ok(ServerInput {
+                name: name(&s.metadata),
+                rack: s.spec.rack.clone(),
+                node: s.spec.node_name.clone(),
+                capacity: capacity.schedulable(&total, &reserved),
+                unhealthy: server_health(s, health),
+                encryption_capable: encryption_capable(s, health),
+            })
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    Ok(Inventory::build(sites, racks, servers)?)
+}
+
+/// A tenant's policy.
+pub fn tenant_policy(t: &Tenant) -> Result<TenantPolicy, ConvertError> {
+    let tenant_name = name(&t.metadata);
+    let quota = t
+        .spec
+        .quota
+        .as_ref()
+        .map(|q| {
+            let object = format!("Tenant {tenant_name}");
+            let mut r = resources(&object, q)?;
+            // Classes without a quota are unlimited.
+            let st = q.storage.clone().unwrap_or_default();
+            for (class, absent) in [
+                (Class::Cpu, q.cpu.is_none()),
+                (Class::Memory, q.memory.is_none()),
+                (Class::Gpu, q.gpus.is_none()),
+                (Class::Nvme, st.nvme.is_none()),
+                (Class::Ssd, st.ssd.is_none()),
+                (Class::Hdd, st.hdd.is_none()),
+            ] {
+                if absent {
+                    r.set(class, u64::MAX);
+                }
+            }
+            Ok::<_, ConvertError>(r)
+        })
+        .transpose()?;
+    Ok(TenantPolicy {
+        name: tenant_name,
+        jurisdictions: t.spec.residency.jurisdictions.iter().map(|j| j.0.clone()).collect(),
+        sites: t.spec.residency.sites.clone(),
+        classification: t.spec.classification,
+        quota,
+    })
+}
+
+/// Which tenant owns a namespace: its `spec.namespaces`, or a namespace named after it.
+pub fn tenant_for_namespace<'a>(tenants: &'a [TenantPolicyWithNamespaces], ns: &str) -> Option<&'a TenantPolicy> {
+    tenants.iter().find(|t| t.namespaces.iter().any(|n| n == ns)).map(|t| &t.policy)
+}
+
+/// A tenant policy with the namespaces it owns.
+#[derive(Clone, Debug)]
+pub struct TenantPolicyWithNamespaces {
+    pub policy: TenantPolicy,
+    pub namespaces: Vec<String>,
+}
+
+/// Policies of all tenants with their namespaces.
+pub fn tenants(tenants: &[Tenant]) -> Result<Vec<TenantPolicyWithNamespaces>, ConvertError> {
+    tenants
+        .iter()
+        .map(|t| {
+            let mut namespaces = t.spec.namespaces.clone();
+            if namespaces.is_empty() {
+                namespaces.push(name(&t.metadata));
+            }
+            Ok(TenantPolicyWithNamespaces { policy: tenant_policy(t)?, namespaces })
+        })
+        .collect()
+}
+
+fn owner(tenants: &[TenantPolicyWithNamespaces], object: &str, ns: &str) -> Result<TenantPolicy, ConvertError> {
+    tenant_for_namespace(tenants, ns)
+        .cloned()
+        .ok_or_else(|| ConvertError::UnknownTenant { object: object.to_owned(), tenant: format!("owning namespace {ns}") })
+}
+
+/// Consumer id used in the ledger and in audit records.
+pub fn consumer(kind: &str, meta: &kube_meta::ObjectMeta) -> String {
+    format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or_default(), name(meta))
+}
+
+/// The placement request of a StorageVolume.
+pub fn volume_request(
+    v: &StorageVolume,
+    tenants: &[TenantPolicyWithNamespaces],
+    power: &PowerModel,
+) -> Result<Request, ConvertError> {
+    let id = consumer("StorageVolume", &v.metadata);
+    let size = v.spec.size.parse().and_then(sovereign_crds::quantity::ParsedQuantity::to_units).map_err(|source| ConvertError::Quantity { object: id.clone(), source })?;
+    let per_replica = Resources::ZERO.with(Class::for_tier(v.spec.tier), size);
+    Ok(Request {
+        tenant: owner(tenants, &id, v.metadata.namespace.as_deref().unwrap_or_default())?,
+        consumer: id,
+        watts_per_replica: power.estimate(&per_replica),
+        per_replica,
+        replicas: v.spec.replicas,
+        spread: v.spec.spread,
+        encrypted: v.spec.encrypted,
+    })
+}
+
+/// The placement request of a ComputeInstance.
+pub fn instance_request(
+    c: &ComputeInstance,
+    tenants: &[TenantPolicyWithNamespaces],
+    power: &PowerModel,
+) -> Result<Request, ConvertError> {
+    let id = consumer("ComputeInstance", &c.metadata);
+    let set = ResourceSet {
+        cpu: Some(c.spec.cpu.clone()),
+        memory: Some(c.spec.memory.clone()),
+        gpus: Some(u32::from(c.spec.gpus)),
+        storage: None,
+    };
+    let per_replica = resources(&id, &set)?;
+    Ok(Request {
+        tenant: owner(tenants, &id, c.metadata.namespace.as_deref().unwrap_or_default())?,
+        consumer: id,
+        watts_per_replica: power.estimate(&per_replica),
+        per_replica,
+        replicas: c.spec.replicas,
+        spread: c.spec.spread,
+        encrypted: false,
+    })
+}
