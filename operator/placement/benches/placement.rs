@@ -12,7 +12,11 @@ use sovereign_placement::synthetic::{FleetSpec, Rng, fleet, request, tenants};
 use sovereign_placement::{Class, Placer, Reason, Refusal, Resources, Strategy};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
@@ -59,16 +63,29 @@ fn throughput(strategy: Strategy, decisions: u64) {
                     busy += t.elapsed();
                 }
             }
-            Err(Refusal::NoFit { removed, jurisdictions, min_tier, .. }) => {
+            Err(Refusal::NoFit {
+                removed,
+                jurisdictions,
+                min_tier,
+                ..
+            }) => {
                 refused_fit += 1;
                 refusal_time += dt;
                 // The filter that removed the most servers that a site-level filter did not.
                 let main = removed
                     .iter()
                     .find(|(r, _)| {
-                        !matches!(r, Reason::OutsideJurisdiction | Reason::SiteNotAllowed | Reason::SecurityTierBelow)
+                        !matches!(
+                            r,
+                            Reason::OutsideJurisdiction
+                                | Reason::SiteNotAllowed
+                                | Reason::SecurityTierBelow
+                        )
                     })
-                    .map_or_else(|| "site policy".to_owned(), |(r, _)| r.describe(&jurisdictions, min_tier));
+                    .map_or_else(
+                        || "site policy".to_owned(),
+                        |(r, _)| r.describe(&jurisdictions, min_tier),
+                    );
                 *causes.entry(main).or_insert(0u64) += 1;
             }
             Err(_) => refused_other += 1,
@@ -79,9 +96,17 @@ fn throughput(strategy: Strategy, decisions: u64) {
     let per_sec = decisions as f64 / latencies.iter().sum::<Duration>().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let with_release = decisions as f64 / busy.as_secs_f64();
-    println!("strategy {strategy:?}: {servers} servers, {} allocations live", live.len());
-    println!("  setup: 50,000 allocations placed in {:.2} s", setup.as_secs_f64());
-    println!("  decisions: {decisions} ({ok} placed, {refused_fit} refused no-fit, {refused_other} refused other)");
+    println!(
+        "strategy {strategy:?}: {servers} servers, {} allocations live",
+        live.len()
+    );
+    println!(
+        "  setup: 50,000 allocations placed in {:.2} s",
+        setup.as_secs_f64()
+    );
+    println!(
+        "  decisions: {decisions} ({ok} placed, {refused_fit} refused no-fit, {refused_other} refused other)"
+    );
     println!("  throughput: {per_sec:.0} decisions/s ({with_release:.0}/s counting releases)");
     println!(
         "  latency: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
@@ -92,7 +117,9 @@ fn throughput(strategy: Strategy, decisions: u64) {
     if refused_fit > 0 {
         #[allow(clippy::cast_precision_loss)]
         let mean = refusal_time.as_secs_f64() / refused_fit as f64 * 1e6;
-        println!("  refusals with full per-filter explanation: mean {mean:.1} us; main causes {causes:?}");
+        println!(
+            "  refusals with full per-filter explanation: mean {mean:.1} us; main causes {causes:?}"
+        );
     }
 }
 
@@ -112,7 +139,11 @@ fn packing(strategy: Strategy) {
     let n = inv.servers.len();
     let mut placer = Placer::new(inv, strategy);
     let tenant = tenants(&spec, 1, 8).remove(0);
-    let tenant = sovereign_placement::TenantPolicy { classification: sovereign_crds::Classification::Public, sites: None, ..tenant };
+    let tenant = sovereign_placement::TenantPolicy {
+        classification: sovereign_crds::Classification::Public,
+        sites: None,
+        ..tenant
+    };
     let mut rng = Rng::new(9);
     let mut demand = Resources::ZERO;
     let mut i = 0u64;
@@ -121,7 +152,9 @@ fn packing(strategy: Strategy) {
     while demand.get(Class::Cpu) < target {
         i += 1;
         let cores = 1 + rng.below(16);
-        let per_replica = Resources::ZERO.with(Class::Cpu, cores * 1000).with(Class::Memory, cores * (2 + rng.below(7)) * (1 << 30));
+        let per_replica = Resources::ZERO
+            .with(Class::Cpu, cores * 1000)
+            .with(Class::Memory, cores * (2 + rng.below(7)) * (1 << 30));
         let req = sovereign_placement::Request {
             consumer: format!("ci-{i}"),
             tenant: tenant.clone(),
@@ -144,7 +177,9 @@ fn packing(strategy: Strategy) {
         .unwrap_or(0);
     #[allow(clippy::cast_precision_loss)]
     let ratio = used as f64 / bound as f64;
-    println!("packing ({strategy:?}): {i} requests, {used} servers used, lower bound {bound}, ratio {ratio:.3} (target <= 1.222)");
+    println!(
+        "packing ({strategy:?}): {i} requests, {used} servers used, lower bound {bound}, ratio {ratio:.3} (target <= 1.222)"
+    );
 }
 
 fn main() {

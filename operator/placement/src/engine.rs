@@ -92,7 +92,14 @@ pub struct Decision {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Refusal {
     /// The tenant's quota would be exceeded.
-    Quota { consumer: String, tenant: String, class: Class, requested: u64, in_use: u64, quota: u64 },
+    Quota {
+        consumer: String,
+        tenant: String,
+        class: Class,
+        requested: u64,
+        in_use: u64,
+        quota: u64,
+    },
     /// No server fits one of the replicas; `removed` counts, per filter, the servers it removed.
     NoFit {
         consumer: String,
@@ -111,7 +118,14 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Quota { tenant, class, requested, in_use, quota, .. } => write!(
+            Refusal::Quota {
+                tenant,
+                class,
+                requested,
+                in_use,
+                quota,
+                ..
+            } => write!(
                 f,
                 "tenant {tenant} quota exceeded for {}: requested {}, in use {}, quota {}",
                 class.describe(),
@@ -119,30 +133,51 @@ impl fmt::Display for Refusal {
                 crate::resources::human(*class, *in_use),
                 crate::resources::human(*class, *quota)
             ),
-            Refusal::NoFit { replica, replicas, total, removed, jurisdictions, min_tier, .. } => {
+            Refusal::NoFit {
+                replica,
+                replicas,
+                total,
+                removed,
+                jurisdictions,
+                min_tier,
+                ..
+            } => {
                 write!(f, "0/{total} servers fit")?;
                 if *replicas > 1 {
                     write!(f, " replica {} of {replicas}", replica + 1)?;
                 }
-                let mut parts = Vec::new();
-                let unhealthy: Vec<&(Reason, usize)> =
-                    removed.iter().filter(|(r, _)| matches!(r, Reason::Unhealthy(_))).collect();
-                let unhealthy_total: usize = unhealthy.iter().map(|(_, n)| n).sum();
-                let mut unhealthy_done = false;
-                for (reason, n) in removed {
-                    if matches!(reason, Reason::Unhealthy(_)) {
-                        if !unhealthy_done {
-                            let detail: Vec<String> = unhealthy
-                                .iter()
-                                .map(|(r, n)| format!("{n} {}", r.describe(jurisdictions, *min_tier)))
-                                .collect();
-                            parts.push(format!("{unhealthy_total} unhealthy ({})", detail.join(", ")));
-                            unhealthy_done = true;
-                        }
-                    } else {
-                        parts.push(format!("{n} {}", reason.describe(jurisdictions, *min_tier)));
-                    }
+                // Unhealthy servers are one entry (with the breakdown) ranked by their total.
+                let unhealthy: Vec<String> = removed
+                    .iter()
+                    .filter(|(r, _)| matches!(r, Reason::Unhealthy(_)))
+                    .map(|(r, n)| format!("{n} {}", r.describe(jurisdictions, *min_tier)))
+                    .collect();
+                let unhealthy_total: usize = removed
+                    .iter()
+                    .filter(|(r, _)| matches!(r, Reason::Unhealthy(_)))
+                    .map(|(_, n)| n)
+                    .sum();
+                let mut entries: Vec<(usize, usize, String)> = removed
+                    .iter()
+                    .filter(|(r, _)| !matches!(r, Reason::Unhealthy(_)))
+                    .map(|(r, n)| {
+                        (
+                            *n,
+                            r.slot(),
+                            format!("{n} {}", r.describe(jurisdictions, *min_tier)),
+                        )
+                    })
+                    .collect();
+                if unhealthy_total > 0 {
+                    let text = format!("{unhealthy_total} unhealthy ({})", unhealthy.join(", "));
+                    entries.push((
+                        unhealthy_total,
+                        Reason::Unhealthy(Unhealthy::Maintenance).slot(),
+                        text,
+                    ));
                 }
+                entries.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                let parts: Vec<String> = entries.into_iter().map(|(_, _, t)| t).collect();
                 if !parts.is_empty() {
                     write!(f, ": {}", parts.join(", "))?;
                 }
@@ -285,7 +320,12 @@ impl Placer {
             .map(|site| {
                 if !req.tenant.jurisdictions.contains(&site.jurisdiction) {
                     Some(Reason::OutsideJurisdiction)
-                } else if req.tenant.sites.as_ref().is_some_and(|allowed| !allowed.contains(&site.name)) {
+                } else if req
+                    .tenant
+                    .sites
+                    .as_ref()
+                    .is_some_and(|allowed| !allowed.contains(&site.name))
+                {
                     Some(Reason::SiteNotAllowed)
                 } else if site.security_tier < min_tier {
                     Some(Reason::SecurityTierBelow)
@@ -309,7 +349,9 @@ impl Placer {
             return Err(Reason::HoldsReplica);
         }
         let shares = |domain: fn(&crate::model::Server) -> usize| {
-            ctx.chosen.iter().any(|&c| domain(&self.inv.servers[c]) == domain(s))
+            ctx.chosen
+                .iter()
+                .any(|&c| domain(&self.inv.servers[c]) == domain(s))
         };
         if ctx.req.spread == Spread::Rack && shares(|x| x.rack) {
             return Err(Reason::SameRack);
@@ -324,9 +366,15 @@ impl Placer {
         if let Some(c) = ctx.req.per_replica.exceeds(&free) {
             return Err(Reason::Insufficient(c));
         }
-        let same_rack = ctx.chosen.iter().filter(|&&c| self.inv.servers[c].rack == s.rack).count() as u64;
+        let same_rack = ctx
+            .chosen
+            .iter()
+            .filter(|&&c| self.inv.servers[c].rack == s.rack)
+            .count() as u64;
         let rack = &self.inv.racks[s.rack];
-        let draw = rack.measured_watts + self.rack_watts[s.rack] + (same_rack + 1) * ctx.req.watts_per_replica;
+        let draw = rack.measured_watts
+            + self.rack_watts[s.rack]
+            + (same_rack + 1) * ctx.req.watts_per_replica;
         if draw > rack.power_budget_watts {
             return Err(Reason::RackPowerBudget);
         }
@@ -366,15 +414,20 @@ impl Placer {
                 }
             }
         }
-        let mut v: Vec<(Reason, usize)> =
-            example.iter().zip(counts).filter_map(|(r, n)| r.map(|r| (r, n))).collect();
+        let mut v: Vec<(Reason, usize)> = example
+            .iter()
+            .zip(counts)
+            .filter_map(|(r, n)| r.map(|r| (r, n)))
+            .collect();
         // Biggest cause first; ties in filter order, so the text is deterministic.
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
     }
 
     fn quota_check(&self, req: &Request, replicas: u64) -> Result<(), Refusal> {
-        let Some(quota) = &req.tenant.quota else { return Ok(()) };
+        let Some(quota) = &req.tenant.quota else {
+            return Ok(());
+        };
         let in_use = self.tenant_used(&req.tenant.name);
         let want = req.per_replica.times(replicas);
         match in_use.plus(&want).exceeds(quota) {
@@ -391,8 +444,17 @@ impl Placer {
     }
 
     /// Chooses servers for `indices` replicas, keeping the domains of `kept` servers.
-    fn choose(&self, req: &Request, kept: Vec<usize>, indices: &[u8]) -> Result<Vec<usize>, Refusal> {
-        let mut ctx = Ctx { req, site_verdict: self.site_verdict(req), chosen: kept };
+    fn choose(
+        &self,
+        req: &Request,
+        kept: Vec<usize>,
+        indices: &[u8],
+    ) -> Result<Vec<usize>, Refusal> {
+        let mut ctx = Ctx {
+            req,
+            site_verdict: self.site_verdict(req),
+            chosen: kept,
+        };
         let mut picked = Vec::with_capacity(indices.len());
         for &replica in indices {
             match self.first_fit(&ctx) {
@@ -439,8 +501,15 @@ impl Placer {
         self.quota_check(req, u64::from(req.replicas))?;
         let indices: Vec<u8> = (0..req.replicas).collect();
         let picked = self.choose(req, Vec::new(), &indices)?;
-        let placements = picked.iter().zip(indices).map(|(&i, r)| self.placement(r, i)).collect();
-        Ok(Decision { consumer: req.consumer.clone(), placements })
+        let placements = picked
+            .iter()
+            .zip(indices)
+            .map(|(&i, r)| self.placement(r, i))
+            .collect();
+        Ok(Decision {
+            consumer: req.consumer.clone(),
+            placements,
+        })
     }
 
     /// Decides and commits all replicas, or nothing.
@@ -461,7 +530,12 @@ impl Placer {
 
     /// Records an allocation that already exists (read from the cluster), even if it no longer
     /// fits: the ledger must reflect reality before anything new is placed.
-    pub fn record(&mut self, consumer: &str, tenant: &str, slots: Vec<Slot>) -> Result<(), Refusal> {
+    pub fn record(
+        &mut self,
+        consumer: &str,
+        tenant: &str,
+        slots: Vec<Slot>,
+    ) -> Result<(), Refusal> {
         if self.allocations.contains_key(consumer) {
             return Err(Refusal::Ledger {
                 consumer: consumer.to_owned(),
@@ -504,7 +578,13 @@ impl Placer {
         for slot in &slots {
             self.add_slot(tenant, slot);
         }
-        self.allocations.insert(consumer.to_owned(), Allocation { tenant: tenant.to_owned(), slots });
+        self.allocations.insert(
+            consumer.to_owned(),
+            Allocation {
+                tenant: tenant.to_owned(),
+                slots,
+            },
+        );
     }
 
     /// Releases a consumer's allocation, restoring capacity exactly.
@@ -519,14 +599,21 @@ impl Placer {
     /// Moves one replica (its server failed or is being drained) within the same policy,
     /// keeping the other replicas where they are and their failure domains taken.
     pub fn replace(&mut self, req: &Request, replica: u8) -> Result<Placement, Refusal> {
-        let ledger = |message: String| Refusal::Ledger { consumer: req.consumer.clone(), message };
+        let ledger = |message: String| Refusal::Ledger {
+            consumer: req.consumer.clone(),
+            message,
+        };
         let alloc = self
             .allocations
             .get(&req.consumer)
             .cloned()
             .ok_or_else(|| ledger(format!("{} has no allocation to re-place", req.consumer)))?;
         let k = usize::from(replica);
-        let old = alloc.slots.get(k).cloned().ok_or_else(|| ledger(format!("replica {replica} does not exist")))?;
+        let old = alloc
+            .slots
+            .get(k)
+            .cloned()
+            .ok_or_else(|| ledger(format!("replica {replica} does not exist")))?;
         // The old server is excluded like a server already holding a replica.
         let kept: Vec<usize> = alloc.slots.iter().map(|s| s.server).collect();
         let others_and_old = kept.clone();
@@ -534,7 +621,11 @@ impl Placer {
         let result = self.choose(req, others_and_old, &[replica]);
         match result {
             Ok(picked) => {
-                let new = Slot { server: picked[0], resources: old.resources, watts: old.watts };
+                let new = Slot {
+                    server: picked[0],
+                    resources: old.resources,
+                    watts: old.watts,
+                };
                 let placement = self.placement(replica, new.server);
                 self.add_slot(&alloc.tenant, &new);
                 if let Some(a) = self.allocations.get_mut(&req.consumer) {

@@ -3,11 +3,14 @@
 use sovereign_crds::quantity::QuantityError;
 use sovereign_crds::server::IntrusionState;
 use sovereign_crds::{
-    ComputeInstance, ConditionStatus, Health, Rack, ResourceSet, Server, Site, StorageVolume, Tenant,
+    ComputeInstance, ConditionStatus, Health, Rack, ResourceSet, Server, Site, StorageVolume,
+    Tenant,
 };
 use thiserror::Error;
 
-use crate::model::{Inventory, InventoryError, RackInput, Request, ServerInput, TenantPolicy, Unhealthy};
+use crate::model::{
+    Inventory, InventoryError, RackInput, Request, ServerInput, TenantPolicy, Unhealthy,
+};
 use crate::resources::{CapacityPolicy, Class, Resources};
 
 /// Conversion errors, naming the object at fault.
@@ -49,7 +52,11 @@ pub struct PowerModel {
 
 impl Default for PowerModel {
     fn default() -> Self {
-        Self { watts_per_core: 8, watts_per_gpu: 350, watts_per_tib_storage: 2 }
+        Self {
+            watts_per_core: 8,
+            watts_per_gpu: 350,
+            watts_per_tib_storage: 2,
+        }
     }
 }
 
@@ -63,7 +70,10 @@ impl PowerModel {
 }
 
 fn resources(object: &str, set: &ResourceSet) -> Result<Resources, ConvertError> {
-    Resources::from_set(set).map_err(|source| ConvertError::Quantity { object: object.to_owned(), source })
+    Resources::from_set(set).map_err(|source| ConvertError::Quantity {
+        object: object.to_owned(),
+        source,
+    })
 }
 
 fn name(meta: &kube_meta::ObjectMeta) -> String {
@@ -82,11 +92,18 @@ pub fn server_health(server: &Server, policy: &HealthPolicy) -> Option<Unhealthy
     let Some(status) = &server.status else {
         return (!policy.assume_healthy_without_telemetry).then_some(Unhealthy::TelemetryStale);
     };
-    if status.security.as_ref().is_some_and(|s| s.intrusion != IntrusionState::Normal && s.intrusion != IntrusionState::Unknown)
-    {
+    if status.security.as_ref().is_some_and(|s| {
+        s.intrusion != IntrusionState::Normal && s.intrusion != IntrusionState::Unknown
+    }) {
         return Some(Unhealthy::IntrusionDetected);
     }
-    let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| c.status);
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status)
+    };
     if condition("BmcReachable") == Some(ConditionStatus::False) {
         return Some(Unhealthy::BmcUnreachable);
     }
@@ -135,7 +152,11 @@ pub fn inventory(
             name: name(&r.metadata),
             site: r.spec.site.clone(),
             power_budget_watts: u64::from(r.spec.power_budget_watts),
-            measured_watts: r.status.as_ref().and_then(|s| s.power_watts).map_or(0, u64::from),
+            measured_watts: r
+                .status
+                .as_ref()
+                .and_then(|s| s.power_watts)
+                .map_or(0, u64::from),
         })
         .collect();
     let servers = servers
@@ -151,7 +172,13 @@ pub fn inventory(
                 .map(|set| resources(&object, set))
                 .transpose()?
                 .unwrap_or_default();
-            let reserved = s.spec.reserved.as_ref().map(|set| resources(&object, set)).transpose()?.unwrap_or_default();
+            let reserved = s
+                .spec
+                .reserved
+                .as_ref()
+                .map(|set| resources(&object, set))
+                .transpose()?
+                .unwrap_or_default();
             Ok(ServerInput {
                 name: name(&s.metadata),
                 rack: s.spec.rack.clone(),
@@ -194,7 +221,13 @@ pub fn tenant_policy(t: &Tenant) -> Result<TenantPolicy, ConvertError> {
         .transpose()?;
     Ok(TenantPolicy {
         name: tenant_name,
-        jurisdictions: t.spec.residency.jurisdictions.iter().map(|j| j.0.clone()).collect(),
+        jurisdictions: t
+            .spec
+            .residency
+            .jurisdictions
+            .iter()
+            .map(|j| j.0.clone())
+            .collect(),
         sites: t.spec.residency.sites.clone(),
         classification: t.spec.classification,
         quota,
@@ -202,8 +235,14 @@ pub fn tenant_policy(t: &Tenant) -> Result<TenantPolicy, ConvertError> {
 }
 
 /// Which tenant owns a namespace: its `spec.namespaces`, or a namespace named after it.
-pub fn tenant_for_namespace<'a>(tenants: &'a [TenantPolicyWithNamespaces], ns: &str) -> Option<&'a TenantPolicy> {
-    tenants.iter().find(|t| t.namespaces.iter().any(|n| n == ns)).map(|t| &t.policy)
+pub fn tenant_for_namespace<'a>(
+    tenants: &'a [TenantPolicyWithNamespaces],
+    ns: &str,
+) -> Option<&'a TenantPolicy> {
+    tenants
+        .iter()
+        .find(|t| t.namespaces.iter().any(|n| n == ns))
+        .map(|t| &t.policy)
 }
 
 /// A tenant policy with the namespaces it owns.
@@ -222,20 +261,34 @@ pub fn tenants(tenants: &[Tenant]) -> Result<Vec<TenantPolicyWithNamespaces>, Co
             if namespaces.is_empty() {
                 namespaces.push(name(&t.metadata));
             }
-            Ok(TenantPolicyWithNamespaces { policy: tenant_policy(t)?, namespaces })
+            Ok(TenantPolicyWithNamespaces {
+                policy: tenant_policy(t)?,
+                namespaces,
+            })
         })
         .collect()
 }
 
-fn owner(tenants: &[TenantPolicyWithNamespaces], object: &str, ns: &str) -> Result<TenantPolicy, ConvertError> {
+fn owner(
+    tenants: &[TenantPolicyWithNamespaces],
+    object: &str,
+    ns: &str,
+) -> Result<TenantPolicy, ConvertError> {
     tenant_for_namespace(tenants, ns)
         .cloned()
-        .ok_or_else(|| ConvertError::UnknownTenant { object: object.to_owned(), tenant: format!("owning namespace {ns}") })
+        .ok_or_else(|| ConvertError::UnknownTenant {
+            object: object.to_owned(),
+            tenant: format!("owning namespace {ns}"),
+        })
 }
 
 /// Consumer id used in the ledger and in audit records.
 pub fn consumer(kind: &str, meta: &kube_meta::ObjectMeta) -> String {
-    format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or_default(), name(meta))
+    format!(
+        "{kind}/{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        name(meta)
+    )
 }
 
 /// The placement request of a StorageVolume.
@@ -245,10 +298,22 @@ pub fn volume_request(
     power: &PowerModel,
 ) -> Result<Request, ConvertError> {
     let id = consumer("StorageVolume", &v.metadata);
-    let size = v.spec.size.parse().and_then(sovereign_crds::quantity::ParsedQuantity::to_units).map_err(|source| ConvertError::Quantity { object: id.clone(), source })?;
+    let size = v
+        .spec
+        .size
+        .parse()
+        .and_then(sovereign_crds::quantity::ParsedQuantity::to_units)
+        .map_err(|source| ConvertError::Quantity {
+            object: id.clone(),
+            source,
+        })?;
     let per_replica = Resources::ZERO.with(Class::for_tier(v.spec.tier), size);
     Ok(Request {
-        tenant: owner(tenants, &id, v.metadata.namespace.as_deref().unwrap_or_default())?,
+        tenant: owner(
+            tenants,
+            &id,
+            v.metadata.namespace.as_deref().unwrap_or_default(),
+        )?,
         consumer: id,
         watts_per_replica: power.estimate(&per_replica),
         per_replica,
@@ -273,7 +338,11 @@ pub fn instance_request(
     };
     let per_replica = resources(&id, &set)?;
     Ok(Request {
-        tenant: owner(tenants, &id, c.metadata.namespace.as_deref().unwrap_or_default())?,
+        tenant: owner(
+            tenants,
+            &id,
+            c.metadata.namespace.as_deref().unwrap_or_default(),
+        )?,
         consumer: id,
         watts_per_replica: power.estimate(&per_replica),
         per_replica,

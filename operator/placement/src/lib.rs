@@ -11,5 +11,7 @@ pub mod resources;
 pub mod synthetic;
 
 pub use engine::{Allocation, Decision, Placement, Placer, Reason, Refusal, Slot};
-pub use model::{Inventory, InventoryError, Request, Server, Site, Strategy, TenantPolicy, Unhealthy};
+pub use model::{
+    Inventory, InventoryError, Request, Server, Site, Strategy, TenantPolicy, Unhealthy,
+};
 pub use resources::{CapacityPolicy, Class, Resources};

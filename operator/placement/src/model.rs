@@ -161,8 +161,16 @@ impl Inventory {
             .map(|r| {
                 let site = *site_index
                     .get(&r.site)
-                    .ok_or_else(|| InventoryError::UnknownSite { rack: r.name.clone(), site: r.site.clone() })?;
-                Ok(Rack { name: r.name, site, power_budget_watts: r.power_budget_watts, measured_watts: r.measured_watts })
+                    .ok_or_else(|| InventoryError::UnknownSite {
+                        rack: r.name.clone(),
+                        site: r.site.clone(),
+                    })?;
+                Ok(Rack {
+                    name: r.name,
+                    site,
+                    power_budget_watts: r.power_budget_watts,
+                    measured_watts: r.measured_watts,
+                })
             })
             .collect::<Result<_, InventoryError>>()?;
         let servers = servers
@@ -170,7 +178,10 @@ impl Inventory {
             .map(|s| {
                 let rack = *rack_index
                     .get(&s.rack)
-                    .ok_or_else(|| InventoryError::UnknownRack { server: s.name.clone(), rack: s.rack.clone() })?;
+                    .ok_or_else(|| InventoryError::UnknownRack {
+                        server: s.name.clone(),
+                        rack: s.rack.clone(),
+                    })?;
                 Ok(Server {
                     name: s.name,
                     rack,
@@ -182,7 +193,12 @@ impl Inventory {
                 })
             })
             .collect::<Result<_, InventoryError>>()?;
-        Ok(Inventory { sites, racks, servers, server_index })
+        Ok(Inventory {
+            sites,
+            racks,
+            servers,
+            server_index,
+        })
     }
 
     pub fn server_by_name(&self, name: &str) -> Option<usize> {
@@ -190,11 +206,17 @@ impl Inventory {
     }
 }
 
-fn index<'a>(kind: &'static str, names: impl Iterator<Item = &'a str>) -> Result<HashMap<String, usize>, InventoryError> {
+fn index<'a>(
+    kind: &'static str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, usize>, InventoryError> {
     let mut map = HashMap::new();
     for (i, n) in names.enumerate() {
         if map.insert(n.to_owned(), i).is_some() {
-            return Err(InventoryError::Duplicate { kind, name: n.to_owned() });
+            return Err(InventoryError::Duplicate {
+                kind,
+                name: n.to_owned(),
+            });
         }
     }
     Ok(map)

@@ -24,7 +24,14 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 6] = [Class::Cpu, Class::Memory, Class::Gpu, Class::Nvme, Class::Ssd, Class::Hdd];
+    pub const ALL: [Class; 6] = [
+        Class::Cpu,
+        Class::Memory,
+        Class::Gpu,
+        Class::Nvme,
+        Class::Ssd,
+        Class::Hdd,
+    ];
 
     pub fn for_tier(tier: StorageTier) -> Self {
         match tier {
@@ -121,7 +128,11 @@ impl Resources {
         }
         r.set(Class::Gpu, u64::from(set.gpus.unwrap_or(0)));
         if let Some(st) = &set.storage {
-            for (class, q) in [(Class::Nvme, &st.nvme), (Class::Ssd, &st.ssd), (Class::Hdd, &st.hdd)] {
+            for (class, q) in [
+                (Class::Nvme, &st.nvme),
+                (Class::Ssd, &st.ssd),
+                (Class::Hdd, &st.hdd),
+            ] {
                 if let Some(q) = q {
                     r.set(class, q.parse()?.to_units()?);
                 }
@@ -152,7 +163,11 @@ impl fmt::Display for Resources {
             .filter(|&c| self.get(c) > 0)
             .map(|c| format!("{} {}", c.describe(), human(c, self.get(c))))
             .collect();
-        if parts.is_empty() { f.write_str("nothing") } else { f.write_str(&parts.join(", ")) }
+        if parts.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
     }
 }
 
@@ -169,7 +184,10 @@ pub struct CapacityPolicy {
 impl Default for CapacityPolicy {
     fn default() -> Self {
         // Sovereign workloads get dedicated resources: no over-commit unless configured.
-        Self { allocation_ratio_milli: [1000; 6], reserved: Resources::ZERO }
+        Self {
+            allocation_ratio_milli: [1000; 6],
+            reserved: Resources::ZERO,
+        }
     }
 }
 
@@ -191,21 +209,38 @@ mod tests {
 
     #[test]
     fn placement_semantics_for_capacity() {
-        let total = Resources::ZERO.with(Class::Cpu, 64_000).with(Class::Memory, 512 << 30);
-        let reserved = Resources::ZERO.with(Class::Cpu, 2_000).with(Class::Memory, 16 << 30);
+        let total = Resources::ZERO
+            .with(Class::Cpu, 64_000)
+            .with(Class::Memory, 512 << 30);
+        let reserved = Resources::ZERO
+            .with(Class::Cpu, 2_000)
+            .with(Class::Memory, 16 << 30);
         let mut policy = CapacityPolicy::default();
-        assert_eq!(policy.schedulable(&total, &reserved).get(Class::Cpu), 62_000);
+        assert_eq!(
+            policy.schedulable(&total, &reserved).get(Class::Cpu),
+            62_000
+        );
         policy.allocation_ratio_milli[Class::Cpu as usize] = 4000;
         policy.reserved = Resources::ZERO.with(Class::Cpu, 1_000);
         // (64 - 2 - 1) * 4 = 244 cores
-        assert_eq!(policy.schedulable(&total, &reserved).get(Class::Cpu), 244_000);
-        assert_eq!(policy.schedulable(&total, &reserved).get(Class::Memory), 496 << 30);
+        assert_eq!(
+            policy.schedulable(&total, &reserved).get(Class::Cpu),
+            244_000
+        );
+        assert_eq!(
+            policy.schedulable(&total, &reserved).get(Class::Memory),
+            496 << 30
+        );
     }
 
     #[test]
     fn exceeds_names_the_first_short_class() {
-        let limit = Resources::ZERO.with(Class::Cpu, 4_000).with(Class::Nvme, 100);
-        let want = Resources::ZERO.with(Class::Cpu, 2_000).with(Class::Nvme, 200);
+        let limit = Resources::ZERO
+            .with(Class::Cpu, 4_000)
+            .with(Class::Nvme, 100);
+        let want = Resources::ZERO
+            .with(Class::Cpu, 2_000)
+            .with(Class::Nvme, 200);
         assert_eq!(want.exceeds(&limit), Some(Class::Nvme));
         assert_eq!(limit.exceeds(&limit), None);
     }

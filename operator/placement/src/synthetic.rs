@@ -70,7 +70,10 @@ impl FleetSpec {
 
 /// Server shapes: compute, GPU and storage-heavy.
 fn shape(rng: &mut Rng, uniform: bool) -> (Resources, bool) {
-    let compute = Resources::ZERO.with(Class::Cpu, 64_000).with(Class::Memory, 512 * GI).with(Class::Nvme, 15 * TI);
+    let compute = Resources::ZERO
+        .with(Class::Cpu, 64_000)
+        .with(Class::Memory, 512 * GI)
+        .with(Class::Nvme, 15 * TI);
     if uniform {
         return (compute, true);
     }
@@ -148,7 +151,12 @@ pub fn fleet(spec: &FleetSpec, seed: u64) -> Inventory {
 /// classifications.
 pub fn tenants(spec: &FleetSpec, count: usize, seed: u64) -> Vec<TenantPolicy> {
     let mut rng = Rng::new(seed);
-    let classes = [Classification::Public, Classification::Internal, Classification::Confidential, Classification::Secret];
+    let classes = [
+        Classification::Public,
+        Classification::Internal,
+        Classification::Confidential,
+        Classification::Secret,
+    ];
     let mut js: Vec<String> = spec.jurisdictions.clone();
     js.sort();
     js.dedup();
@@ -158,15 +166,26 @@ pub fn tenants(spec: &FleetSpec, count: usize, seed: u64) -> Vec<TenantPolicy> {
             let jurisdictions = match rng.below(4) {
                 0 => js.clone(),
                 // Secret tenants live where the tier-4 sites are (site 0's jurisdiction).
-                _ if classification == Classification::Secret => vec![spec.jurisdictions[0].clone()],
+                _ if classification == Classification::Secret => {
+                    vec![spec.jurisdictions[0].clone()]
+                }
                 _ => vec![js[usize::try_from(rng.below(js.len() as u64)).unwrap_or(0)].clone()],
             };
             // Secret tenants are pinned to tier-4 sites (even indices); a few others pin too.
             let sites = (classification == Classification::Secret || rng.chance(15)).then(|| {
                 let s = rng.below(spec.sites as u64) & !1;
-                vec![format!("site-{s:02}"), format!("site-{:02}", (s + 2) % spec.sites as u64)]
+                vec![
+                    format!("site-{s:02}"),
+                    format!("site-{:02}", (s + 2) % spec.sites as u64),
+                ]
             });
-            TenantPolicy { name: format!("tenant-{i:03}"), jurisdictions, sites, classification, quota: None }
+            TenantPolicy {
+                name: format!("tenant-{i:03}"),
+                jurisdictions,
+                sites,
+                classification,
+                quota: None,
+            }
         })
         .collect()
 }
@@ -183,7 +202,9 @@ pub fn request(rng: &mut Rng, tenants: &[TenantPolicy], id: u64) -> Request {
     };
     let (consumer, per_replica, encrypted) = if rng.chance(50) {
         let cores = 1 + rng.below(8);
-        let mut r = Resources::ZERO.with(Class::Cpu, cores * 1000).with(Class::Memory, cores * (2 + rng.below(6)) * GI);
+        let mut r = Resources::ZERO
+            .with(Class::Cpu, cores * 1000)
+            .with(Class::Memory, cores * (2 + rng.below(6)) * GI);
         if rng.chance(3) {
             r.set(Class::Gpu, 1);
         }
@@ -195,14 +216,23 @@ pub fn request(rng: &mut Rng, tenants: &[TenantPolicy], id: u64) -> Request {
             _ => Class::Hdd,
         };
         let size = (50 + rng.below(950)) * GI;
-        (format!("StorageVolume/{}/vol-{id}", tenant.name), Resources::ZERO.with(class, size), rng.chance(70))
+        (
+            format!("StorageVolume/{}/vol-{id}", tenant.name),
+            Resources::ZERO.with(class, size),
+            rng.chance(70),
+        )
     };
     Request {
         consumer,
         tenant,
-        watts_per_replica: per_replica.get(Class::Cpu) / 1000 * 8 + per_replica.get(Class::Gpu) * 350,
+        watts_per_replica: per_replica.get(Class::Cpu) / 1000 * 8
+            + per_replica.get(Class::Gpu) * 350,
         per_replica,
-        replicas: if spread == Spread::Site { replicas.min(2) } else { replicas },
+        replicas: if spread == Spread::Site {
+            replicas.min(2)
+        } else {
+            replicas
+        },
         spread,
         encrypted,
     }
