@@ -1,10 +1,12 @@
 //! Sovereign operator library: everything the `sovereign-operator` binary does, testable.
 //!
-//! Today: installing and checking the Sovereign CRDs and summarising the inventory. Placement,
-//! controllers and telemetry aggregation land here as their issues are built.
+//! Today: installing and checking the Sovereign CRDs, summarising the inventory, and `plan`
+//! (placement from YAML files, no cluster needed). Controllers and telemetry aggregation land
+//! here as their issues are built.
 
 pub mod crds;
 pub mod inventory;
+pub mod plan;
 
 use thiserror::Error;
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sovereign_operator::crds::CrdState;
-use sovereign_operator::{connect, crds, inventory};
+use sovereign_operator::{connect, crds, inventory, plan};
+use sovereign_placement::from_crds::{HealthPolicy, PowerModel};
+use sovereign_placement::{CapacityPolicy, Strategy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,11 +33,47 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
     },
+    /// Plan placements from YAML files (the objects users apply), without a cluster: records
+    /// replicas already in status, places the rest, prints placements, refusals and capacity.
+    Plan {
+        /// Files or directories of YAML/JSON manifests (Sites, Racks, Servers, Tenants,
+        /// StorageVolumes, ComputeInstances; other kinds are skipped).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Placement strategy.
+        #[arg(long, value_enum, default_value_t = StrategyArg::Spread)]
+        strategy: StrategyArg,
+        /// Treat servers that never reported telemetry as healthy and able to encrypt (for
+        /// planning before the agents run). Without it such servers are unschedulable.
+        #[arg(long)]
+        assume_healthy: bool,
+        /// Telemetry older than this (seconds) makes a server unschedulable.
+        #[arg(long, default_value_t = 300)]
+        stale_after_seconds: i64,
+    },
     /// Manage the Sovereign CRDs.
     Crds {
         #[command(subcommand)]
         action: CrdAction,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum StrategyArg {
+    /// Least allocated first.
+    Spread,
+    /// Most allocated first.
+    Pack,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +91,38 @@ enum CrdAction {
 
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Plan {
+            files,
+            output,
+            strategy,
+            assume_healthy,
+            stale_after_seconds,
+        } => {
+            let objects = plan::load(&files)?;
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let opts = plan::Options {
+                strategy: match strategy {
+                    StrategyArg::Spread => Strategy::Spread,
+                    StrategyArg::Pack => Strategy::Pack,
+                },
+                health: HealthPolicy {
+                    now_unix,
+                    stale_after_seconds,
+                    assume_healthy_without_telemetry: assume_healthy,
+                },
+                capacity: CapacityPolicy::default(),
+                power: PowerModel::default(),
+            };
+            let report = plan::plan(&objects, &opts)?;
+            match output {
+                Output::Table => print!("{}", plan::render_table(&report)),
+                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&report)?),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(!report.placements.iter().any(|r| r.outcome == "refused"))
+        }
         Command::Crds {
             action: CrdAction::Print,
         } => {

@@ -351,3 +351,131 @@ pub fn instance_request(
         encrypted: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use sovereign_crds::server::{SecurityStatus, ServerStatus};
+    use sovereign_crds::{BmcSpec, Condition, SecretReference, ServerSpec};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn server(status: Option<ServerStatus>) -> Server {
+        let mut s = Server::new(
+            "s1",
+            ServerSpec {
+                rack: "r1".into(),
+                node_name: None,
+                bmc: BmcSpec {
+                    address: "https://10.0.0.1".into(),
+                    credentials_secret_ref: SecretReference {
+                        name: "b".into(),
+                        namespace: "n".into(),
+                    },
+                    ca_bundle: None,
+                    insecure_skip_verify: true,
+                    poll_interval_seconds: 60,
+                },
+                maintenance: false,
+                maintenance_reason: None,
+                capacity: None,
+                reserved: None,
+            },
+        );
+        s.status = status;
+        s
+    }
+
+    fn fresh() -> ServerStatus {
+        ServerStatus {
+            last_seen: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(NOW - 30).unwrap(),
+            )),
+            health: Health::Ok,
+            ..ServerStatus::default()
+        }
+    }
+
+    fn policy(assume: bool) -> HealthPolicy {
+        HealthPolicy {
+            now_unix: NOW,
+            stale_after_seconds: 300,
+            assume_healthy_without_telemetry: assume,
+        }
+    }
+
+    fn condition(t: &str, status: ConditionStatus) -> Condition {
+        Condition {
+            type_: t.into(),
+            status,
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::from_second(NOW).unwrap()),
+            reason: "Test".into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn health_from_status() {
+        assert_eq!(server_health(&server(Some(fresh())), &policy(false)), None);
+        assert_eq!(
+            server_health(&server(None), &policy(false)),
+            Some(Unhealthy::TelemetryStale)
+        );
+        assert_eq!(server_health(&server(None), &policy(true)), None);
+
+        let mut stale = fresh();
+        stale.last_seen = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(NOW - 301).unwrap(),
+        ));
+        // Reported telemetry is judged even when assuming health for silent servers.
+        assert_eq!(
+            server_health(&server(Some(stale)), &policy(true)),
+            Some(Unhealthy::TelemetryStale)
+        );
+
+        let mut intruded = fresh();
+        intruded.security = Some(SecurityStatus {
+            intrusion: IntrusionState::HardwareIntrusion,
+        });
+        assert_eq!(
+            server_health(&server(Some(intruded)), &policy(false)),
+            Some(Unhealthy::IntrusionDetected)
+        );
+
+        let mut unreachable = fresh();
+        unreachable
+            .conditions
+            .push(condition("BmcReachable", ConditionStatus::False));
+        assert_eq!(
+            server_health(&server(Some(unreachable)), &policy(false)),
+            Some(Unhealthy::BmcUnreachable)
+        );
+
+        let mut critical = fresh();
+        critical.health = Health::Critical;
+        assert_eq!(
+            server_health(&server(Some(critical)), &policy(false)),
+            Some(Unhealthy::HealthCritical)
+        );
+
+        let mut maint = server(Some(fresh()));
+        maint.spec.maintenance = true;
+        assert_eq!(
+            server_health(&maint, &policy(false)),
+            Some(Unhealthy::Maintenance)
+        );
+    }
+
+    #[test]
+    fn power_estimate() {
+        let m = PowerModel::default();
+        let r = Resources::ZERO
+            .with(Class::Cpu, 4_500)
+            .with(Class::Gpu, 1)
+            .with(Class::Nvme, 3 << 40);
+        // 5 cores (rounded up) x 8 W + 350 W + 3 TiB x 2 W
+        assert_eq!(m.estimate(&r), 40 + 350 + 6);
+    }
+}

@@ -147,6 +147,7 @@ pub fn human(c: Class, v: u64) -> String {
     const GI: u64 = 1 << 30;
     const TI: u64 = 1 << 40;
     match c {
+        _ if v == 0 => "0".to_owned(),
         Class::Cpu if v.is_multiple_of(1000) => format!("{}", v / 1000),
         Class::Cpu => format!("{v}m"),
         Class::Gpu => v.to_string(),
