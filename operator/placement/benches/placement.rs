@@ -39,6 +39,26 @@ fn throughput(strategy: Strategy, decisions: u64) {
         }
     }
     let setup = setup.elapsed();
+    let inv = placer.inventory();
+    let cap = inv
+        .servers
+        .iter()
+        .fold(Resources::ZERO, |a, s| a.plus(&s.capacity));
+    let used = (0..inv.sites.len()).fold(Resources::ZERO, |a, s| a.plus(&placer.site_used(s)));
+    let pct = |c: Class| {
+        #[allow(clippy::cast_precision_loss)]
+        let v = used.get(c) as f64 * 100.0 / cap.get(c).max(1) as f64;
+        v
+    };
+    let load = format!(
+        "cpu {:.0}%, memory {:.0}%, gpus {:.0}%, nvme {:.0}%, ssd {:.0}%, hdd {:.0}%",
+        pct(Class::Cpu),
+        pct(Class::Memory),
+        pct(Class::Gpu),
+        pct(Class::Nvme),
+        pct(Class::Ssd),
+        pct(Class::Hdd)
+    );
     let mut latencies = Vec::with_capacity(usize::try_from(decisions).unwrap_or(0));
     let (mut ok, mut refused_fit, mut refused_other) = (0u64, 0u64, 0u64);
     let mut refusal_time = Duration::ZERO;
@@ -101,7 +121,7 @@ fn throughput(strategy: Strategy, decisions: u64) {
         live.len()
     );
     println!(
-        "  setup: 50,000 allocations placed in {:.2} s",
+        "  setup: 50,000 allocations placed in {:.2} s; fleet load {load}",
         setup.as_secs_f64()
     );
     println!(
@@ -125,7 +145,8 @@ fn throughput(strategy: Strategy, decisions: u64) {
 
 fn packing(strategy: Strategy) {
     // An empty uniform fleet of 1,000 servers (64 cores, 512 GiB); compute requests of 1-16 cores
-    // with 2-8 GiB per core, until 60% of the cpu is asked for.
+    // with 2-12 GiB per core (cpu binds on some servers, memory on others), until 60% of the cpu
+    // is asked for.
     let spec = FleetSpec {
         sites: 1,
         racks_per_site: 40,
@@ -154,7 +175,7 @@ fn packing(strategy: Strategy) {
         let cores = 1 + rng.below(16);
         let per_replica = Resources::ZERO
             .with(Class::Cpu, cores * 1000)
-            .with(Class::Memory, cores * (2 + rng.below(7)) * (1 << 30));
+            .with(Class::Memory, cores * (2 + rng.below(11)) * (1 << 30));
         let req = sovereign_placement::Request {
             consumer: format!("ci-{i}"),
             tenant: tenant.clone(),
