@@ -53,6 +53,10 @@ enum Command {
         /// Telemetry older than this (seconds) makes a server unschedulable.
         #[arg(long, default_value_t = 300)]
         stale_after_seconds: i64,
+        /// Over-commit per class as CLASS=RATIO (cpu, memory, gpus, nvme, ssd, hdd); capacity is
+        /// (total - reserved) x ratio. Default 1 for every class. Repeatable.
+        #[arg(long = "allocation-ratio", value_name = "CLASS=RATIO")]
+        allocation_ratios: Vec<String>,
     },
     /// Manage the Sovereign CRDs.
     Crds {
@@ -97,7 +101,12 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             strategy,
             assume_healthy,
             stale_after_seconds,
+            allocation_ratios,
         } => {
+            let mut capacity = CapacityPolicy::default();
+            for spec in &allocation_ratios {
+                plan::apply_allocation_ratio(&mut capacity, spec)?;
+            }
             let objects = plan::load(&files)?;
             let now_unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -112,7 +121,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     stale_after_seconds,
                     assume_healthy_without_telemetry: assume_healthy,
                 },
-                capacity: CapacityPolicy::default(),
+                capacity,
                 power: PowerModel::default(),
             };
             let report = plan::plan(&objects, &opts)?;

@@ -140,6 +140,28 @@ pub fn load(paths: &[PathBuf]) -> Result<Objects, PlanError> {
     Ok(objects)
 }
 
+/// Parses `CLASS=RATIO` (for example `cpu=4` or `memory=1.5`) into the capacity policy.
+pub fn apply_allocation_ratio(policy: &mut CapacityPolicy, spec: &str) -> Result<(), String> {
+    let (class, ratio) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected CLASS=RATIO"))?;
+    let class = Class::ALL
+        .into_iter()
+        .find(|c| c.describe().split(' ').next() == Some(class))
+        .ok_or_else(|| format!("{class:?}: classes are cpu, memory, gpus, nvme, ssd, hdd"))?;
+    let ratio: f64 = ratio
+        .parse()
+        .map_err(|_| format!("{ratio:?} is not a number"))?;
+    if !(0.0..=100.0).contains(&ratio) {
+        return Err(format!("allocation ratio {ratio} is outside 0..100"));
+    }
+    // Thousandths keep the ledger integral; rounding to 0.001 is far below any real ratio step.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let milli = (ratio * 1000.0).round() as u64;
+    policy.allocation_ratio_milli[class as usize] = milli;
+    Ok(())
+}
+
 /// How to plan.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -150,7 +172,7 @@ pub struct Options {
 }
 
 /// One replica's outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
     pub workload: String,
@@ -161,6 +183,9 @@ pub struct Row {
     pub site: Option<String>,
     /// "placed", "existing" or "refused".
     pub outcome: String,
+    /// For placed replicas: the chosen server's dominant utilisation before it, in percent
+    /// (Spread picks the lowest, Pack the highest that fits).
+    pub utilisation_percent: Option<f64>,
     pub reason: Option<String>,
 }
 
@@ -222,6 +247,7 @@ fn existing(
             rack: Some(placer.inventory().racks[s.rack].name.clone()),
             site: Some(placer.inventory().sites[s.site].name.clone()),
             outcome: "existing".into(),
+            utilisation_percent: None,
             reason: None,
         });
     }
@@ -241,6 +267,7 @@ fn decide(placer: &mut Placer, req: &Request, rows: &mut Vec<Row>) {
             rack: Some(p.rack),
             site: Some(p.site),
             outcome: "placed".into(),
+            utilisation_percent: Some(f64::from(p.utilisation_ppm) / 10_000.0),
             reason: None,
         })),
         Err(refusal) => rows.push(Row {
@@ -251,6 +278,7 @@ fn decide(placer: &mut Placer, req: &Request, rows: &mut Vec<Row>) {
             rack: None,
             site: None,
             outcome: "refused".into(),
+            utilisation_percent: None,
             reason: Some(refusal.to_string()),
         }),
     }
@@ -365,7 +393,14 @@ pub fn render_table(report: &Report) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([
-        "WORKLOAD", "TENANT", "REPLICA", "SERVER", "RACK", "SITE", "OUTCOME",
+        "WORKLOAD",
+        "TENANT",
+        "REPLICA",
+        "SERVER",
+        "RACK",
+        "SITE",
+        "USED BEFORE",
+        "OUTCOME",
     ]);
     for r in &report.placements {
         let dash = || "-".to_owned();
@@ -376,6 +411,8 @@ pub fn render_table(report: &Report) -> String {
             r.server.clone().unwrap_or_else(dash),
             r.rack.clone().unwrap_or_else(dash),
             r.site.clone().unwrap_or_else(dash),
+            r.utilisation_percent
+                .map_or_else(dash, |u| format!("{u:.1}%")),
             match &r.reason {
                 Some(reason) => format!("{}: {reason}", r.outcome),
                 None => r.outcome.clone(),

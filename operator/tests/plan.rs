@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sovereign_operator::plan::{Options, load, plan, render_table};
+use sovereign_operator::plan::{Options, apply_allocation_ratio, load, plan, render_table};
 use sovereign_placement::from_crds::{HealthPolicy, PowerModel};
 use sovereign_placement::{CapacityPolicy, Strategy};
 
@@ -151,5 +151,35 @@ fn unreadable_input_is_a_clear_error() {
         err.to_string()
             .starts_with("reading /nonexistent/inventory.yaml"),
         "{err}"
+    );
+}
+
+#[test]
+fn allocation_ratios_scale_capacity() {
+    let objects = load(&[samples()]).unwrap();
+    let base = plan(&objects, &options(true, Strategy::Pack)).unwrap();
+    let mut opts = options(true, Strategy::Pack);
+    apply_allocation_ratio(&mut opts.capacity, "cpu=2").unwrap();
+    let doubled = plan(&objects, &opts).unwrap();
+    let site = |r: &sovereign_operator::plan::Report| {
+        r.capacity
+            .iter()
+            .find(|c| c.site == "hn1" && c.rack.is_none())
+            .unwrap()
+            .cpu
+            .clone()
+    };
+    // hn1: 3 x (64 - 2) + 3 x (96 - 2) = 468 cores schedulable; doubled = 936.
+    assert!(site(&base).ends_with("/468"), "{}", site(&base));
+    assert!(site(&doubled).ends_with("/936"), "{}", site(&doubled));
+    assert!(
+        apply_allocation_ratio(&mut opts.capacity, "disk=2")
+            .unwrap_err()
+            .contains("classes are")
+    );
+    assert!(
+        apply_allocation_ratio(&mut opts.capacity, "cpu")
+            .unwrap_err()
+            .contains("CLASS=RATIO")
     );
 }
