@@ -1,0 +1,5 @@
+//! Sovereign agent: node (OS) and BMC (Redfish) telemetry.
+
+pub mod mockbmc;
+pub mod os;
+pub mod redfish;

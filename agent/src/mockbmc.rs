@@ -1,0 +1,272 @@
+//! A Redfish test server: serves mockup trees (DMTF layout, one `index.json` per URI) on
+//! loopback, one listener per simulated BMC, with injectable latency and faults. Used by tests
+//! and benchmarks; never bind it to anything but 127.0.0.1 / ::1.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What a simulated BMC does wrong.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Answer every request with this status (401, 403, 404, 500, 503 ...).
+    Status(u16),
+    /// 503 with `Retry-After: <seconds>`.
+    Unavailable { retry_after_seconds: u32 },
+    /// Valid status, body that is not JSON.
+    MalformedJson,
+    /// JSON whose fields have the wrong types (numbers as objects, strings as numbers).
+    WrongTypes,
+    /// A body of this many bytes.
+    HugeBody(usize),
+    /// HTML error page from a JSON URI (Supermicro-style).
+    HtmlPage,
+}
+
+/// One simulated BMC.
+#[derive(Clone, Debug)]
+pub struct MockBmc {
+    /// Folder whose `index.json` is `/redfish/v1`.
+    pub tree: PathBuf,
+    /// Added to every answer.
+    pub latency: Duration,
+    pub fault: Fault,
+    /// Required basic-auth credentials; None accepts anything.
+    pub credentials: Option<(String, String)>,
+}
+
+impl MockBmc {
+    pub fn new(tree: impl Into<PathBuf>) -> Self {
+        Self {
+            tree: tree.into(),
+            latency: Duration::ZERO,
+            fault: Fault::None,
+            credentials: None,
+        }
+    }
+}
+
+/// A running BMC: its address and the task serving it (aborted on drop).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Finds the folder that serves `/redfish/v1` inside a mockup (DMTF trees start at the service
+/// root, vendor captures keep the `redfish/v1` prefix).
+pub fn service_root(tree: &Path) -> PathBuf {
+    let prefixed = tree.join("redfish/v1");
+    if prefixed.join("index.json").is_file() {
+        prefixed
+    } else {
+        tree.to_owned()
+    }
+}
+
+fn authorised(bmc: &MockBmc, headers: &HeaderMap) -> bool {
+    let Some((user, pass)) = &bmc.credentials else {
+        return true;
+    };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    decode_base64(encoded).is_some_and(|d| d == format!("{user}:{pass}").as_bytes())
+}
+
+/// Minimal base64 decoder for the Authorization header (test server only).
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for &c in s.trim_end_matches('=').as_bytes() {
+        buf = (buf << 6) | u32::from(val(c)?);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((buf >> bits) & 0xff).ok()?);
+        }
+    }
+    Some(out)
+}
+
+fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(
+    State(bmc): State<Arc<MockBmc>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !bmc.latency.is_zero() {
+        tokio::time::sleep(bmc.latency).await;
+    }
+    if !authorised(&bmc, &headers) {
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"Base.1.0.NoValidSession"}}"#,
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"mockbmc\""),
+        );
+        return r;
+    }
+    match &bmc.fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return json(status, r#"{"error":{"code":"Base.1.0.GeneralError"}}"#);
+        }
+        Fault::Unavailable {
+            retry_after_seconds,
+        } => {
+            let mut r = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":{"code":"Base.1.0.ServiceTemporarilyUnavailable"}}"#,
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+        Fault::MalformedJson => {
+            return json(
+                StatusCode::OK,
+                "{\"@odata.id\": \"/redfish/v1\", \"Name\": ",
+            );
+        }
+        Fault::HtmlPage => {
+            let mut r = Response::new(Body::from("<html><body>504 Gateway Time-out</body></html>"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            return r;
+        }
+        Fault::HugeBody(n) => return json(StatusCode::OK, vec![b' '; *n]),
+        Fault::WrongTypes | Fault::None => {}
+    }
+    if method != Method::GET {
+        return json(StatusCode::METHOD_NOT_ALLOWED, "{}");
+    }
+    let path = uri.path().trim_end_matches('/');
+    let Some(rest) = path
+        .strip_prefix("/redfish/v1")
+        .map(|r| r.trim_start_matches('/'))
+    else {
+        return json(StatusCode::NOT_FOUND, "{}");
+    };
+    if rest.split('/').any(|seg| seg == ".." || seg.contains('\\')) {
+        return json(StatusCode::BAD_REQUEST, "{}");
+    }
+    let file = service_root(&bmc.tree).join(rest).join("index.json");
+    match tokio::fs::read(&file).await {
+        Ok(body) if bmc.fault == Fault::WrongTypes => json(StatusCode::OK, wrong_types(&body)),
+        Ok(body) => json(StatusCode::OK, body),
+        Err(_) => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"Base.1.0.ResourceMissingAtURI"}}"#,
+        ),
+    }
+}
+
+/// Turns numbers into objects and strings into numbers, keeping `@odata` links intact.
+fn wrong_types(body: &[u8]) -> Vec<u8> {
+    fn mangle(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k.starts_with('@') || k == "Members" {
+                        continue;
+                    }
+                    match x {
+                        serde_json::Value::Number(_) => {
+                            *x = serde_json::json!({"unexpected": true});
+                        }
+                        serde_json::Value::String(_) => *x = serde_json::json!(42),
+                        _ => mangle(x),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(mangle),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            mangle(&mut v);
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// Starts one simulated BMC on an ephemeral loopback port.
+pub async fn start(bmc: MockBmc) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().fallback(handle).with_state(Arc::new(bmc));
+    let task = tokio::spawn(async move {
+        // A serve error ends this simulated BMC only; tests see it as connection refused.
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Running { addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_basic_auth() {
+        assert_eq!(
+            decode_base64("YWRtaW46c2VjcmV0").as_deref(),
+            Some(&b"admin:secret"[..])
+        );
+        assert_eq!(decode_base64("!!"), None);
+    }
+}

@@ -1,0 +1,511 @@
+//! BMC role: Redfish telemetry through nv-redfish.
+//!
+//! Why nv-redfish (0.22, pinned): it lets us hand it our own `reqwest` client, so TLS is verified
+//! against the Server's CA bundle (or skipped only when `insecureSkipVerify` is set), has session
+//! and basic auth, timeouts, vendor quirk repairs, typed models for legacy Thermal/Power and the
+//! newer subsystems, and a transport trait (`Bmc`). The `redfish` crate (0.3) has no TLS options.
+//!
+//! One BMC answering badly never fails the collection as a whole: each section that fails is
+//! recorded in [`BmcSample::errors`] with a reason, and the rest is still read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nv_redfish::ServiceRoot;
+use nv_redfish::bmc_http::reqwest::Client;
+use nv_redfish::bmc_http::{BmcCredentials, CacheSettings, HttpBmc};
+use nv_redfish::core::Bmc;
+use nv_redfish::schema::resource::{Health as RfHealth, Status};
+use serde::Serialize;
+use thiserror::Error;
+
+/// The BMC HTTP client type used in production.
+pub type HttpRedfish = HttpBmc<Client>;
+
+/// How to reach one BMC. The password is never printed.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    /// PEM CA bundle the BMC certificate must chain to.
+    pub ca_bundle_pem: Option<String>,
+    /// Skip TLS verification (explicit opt-out only).
+    pub insecure_skip_verify: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field(
+                "ca_bundle_pem",
+                &self.ca_bundle_pem.as_ref().map(|_| "<pem>"),
+            )
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Why a BMC could not be read at all.
+#[derive(Debug, Error)]
+pub enum RedfishError {
+    #[error("invalid BMC address {0:?}: {1}")]
+    Address(String, String),
+    #[error("CA bundle is not a valid PEM certificate bundle: {0}")]
+    CaBundle(String),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+    #[error("reading the Redfish service root: {0}")]
+    ServiceRoot(String),
+}
+
+/// Redfish health, Unknown when absent or null (never assumed OK).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Health {
+    #[serde(rename = "OK")]
+    Ok,
+    Warning,
+    Critical,
+    #[default]
+    Unknown,
+}
+
+impl Health {
+    fn from_rf(h: Option<&RfHealth>) -> Self {
+        match h {
+            Some(RfHealth::Ok) => Health::Ok,
+            Some(RfHealth::Warning) => Health::Warning,
+            Some(RfHealth::Critical) => Health::Critical,
+            _ => Health::Unknown,
+        }
+    }
+
+    fn of(status: Option<&Status>) -> (Self, Self) {
+        (
+            Self::from_rf(
+                status
+                    .and_then(|s| s.health.as_ref())
+                    .and_then(Option::as_ref),
+            ),
+            Self::from_rf(
+                status
+                    .and_then(|s| s.health_rollup.as_ref())
+                    .and_then(Option::as_ref),
+            ),
+        )
+    }
+
+    /// The worse of two.
+    #[must_use]
+    pub fn worst(self, other: Health) -> Health {
+        let rank = |h: Health| match h {
+            Health::Ok => 0,
+            Health::Unknown => 1,
+            Health::Warning => 2,
+            Health::Critical => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A named reading.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reading {
+    pub name: String,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub context: Option<String>,
+    pub health: Health,
+}
+
+/// A component with a health (PSU, fan).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    pub name: String,
+    pub health: Health,
+}
+
+/// One chassis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChassisSample {
+    pub id: String,
+    pub health: Health,
+    pub health_rollup: Health,
+    /// `PhysicalSecurity.IntrusionSensor` when the chassis reports it.
+    pub intrusion: Option<String>,
+    pub inlet_celsius: Option<f64>,
+    pub cpu_max_celsius: Option<f64>,
+    pub consumed_watts: Option<f64>,
+    pub temperatures: Vec<Reading>,
+    pub fans: Vec<Reading>,
+    pub power_supplies: Vec<Component>,
+}
+
+/// One drive.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriveSample {
+    pub id: String,
+    pub model: Option<String>,
+    pub media_type: Option<String>,
+    pub protocol: Option<String>,
+    pub capacity_bytes: Option<u64>,
+    pub health: Health,
+    pub failure_predicted: bool,
+    pub life_left_percent: Option<f64>,
+    pub encryption_capable: bool,
+}
+
+/// System inventory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemSample {
+    pub id: String,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub bios_version: Option<String>,
+    pub power_state: Option<String>,
+    pub processor_model: Option<String>,
+    pub processor_count: Option<i64>,
+    pub logical_processors: Option<i64>,
+    pub memory_gib: Option<f64>,
+    pub health: Health,
+    pub health_rollup: Health,
+}
+
+/// A section of the tree that could not be read, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SectionError {
+    pub section: String,
+    pub reason: String,
+}
+
+/// Everything read from one BMC in one poll.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BmcSample {
+    pub observed_at_unix_ms: u64,
+    pub vendor: Option<String>,
+    pub systems: Vec<SystemSample>,
+    pub chassis: Vec<ChassisSample>,
+    pub drives: Vec<DriveSample>,
+    pub errors: Vec<SectionError>,
+}
+
+impl BmcSample {
+    /// Worst health over systems, chassis and drives, plus intrusion (Critical).
+    pub fn overall_health(&self) -> Health {
+        let mut h = Health::Ok;
+        let mut seen = false;
+        for s in &self.systems {
+            h = h.worst(s.health.worst(s.health_rollup));
+            seen = true;
+        }
+        for c in &self.chassis {
+            h = h.worst(c.health);
+            if c.intrusion.as_deref().is_some_and(|i| i != "Normal") {
+                h = Health::Critical;
+            }
+            seen = true;
+        }
+        for d in &self.drives {
+            if d.health != Health::Unknown {
+                h = h.worst(d.health);
+            }
+        }
+        if seen { h } else { Health::Unknown }
+    }
+}
+
+fn opt<T: Clone>(v: Option<&Option<T>>) -> Option<T> {
+    v.and_then(Option::as_ref).cloned()
+}
+
+fn name_of<T: fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+/// Builds the HTTP client for one endpoint: TLS verified against its CA bundle unless insecure
+/// is explicit, per-request timeout, no redirects (nv-redfish must never follow one to another
+/// origin with our credentials).
+pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
+    let url = url_of(&ep.address)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(ep.timeout)
+        .connect_timeout(ep.timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(2)
+        .user_agent(concat!("sovereign-agent/", env!("CARGO_PKG_VERSION")));
+    if ep.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    } else if let Some(pem) = &ep.ca_bundle_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| RedfishError::CaBundle(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(RedfishError::CaBundle(
+                "no certificate in the bundle".into(),
+            ));
+        }
+        // Only the BMC CA is trusted for this BMC, not the public web PKI.
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| RedfishError::Client(e.to_string()))?;
+    Ok(HttpBmc::new(
+        Client::with_client(client),
+        url,
+        BmcCredentials::new(ep.username.clone(), ep.password.clone()),
+        CacheSettings::default(),
+    ))
+}
+
+fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
+    let url = reqwest::Url::parse(address)
+        .map_err(|e| RedfishError::Address(address.to_owned(), e.to_string()))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(RedfishError::Address(
+            address.to_owned(),
+            "scheme must be https".into(),
+        ));
+    }
+    Ok(url)
+}
+
+/// Reads one BMC. Fails only when the service root cannot be read; everything below degrades
+/// section by section.
+pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, RedfishError> {
+    let root = ServiceRoot::new(bmc.clone())
+        .await
+        .map_err(|e| RedfishError::ServiceRoot(e.to_string()))?;
+    let mut sample = BmcSample {
+        observed_at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        vendor: root.vendor().map(|v| v.to_string()),
+        ..BmcSample::default()
+    };
+    systems(&root, &mut sample).await;
+    chassis(&root, &*bmc, &mut sample).await;
+    Ok(sample)
+}
+
+fn fail(sample: &mut BmcSample, section: impl Into<String>, reason: impl fmt::Display) {
+    sample.errors.push(SectionError {
+        section: section.into(),
+        reason: reason.to_string(),
+    });
+}
+
+async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample) {
+    let members = match root.systems().await {
+        Ok(Some(c)) => match c.members().await {
+            Ok(m) => m,
+            Err(e) => return fail(sample, "Systems", e),
+        },
+        Ok(None) => return,
+        Err(e) => return fail(sample, "Systems", e),
+    };
+    for system in members {
+        let raw = system.raw();
+        let (health, health_rollup) = Health::of(raw.status.as_ref());
+        let ps = raw.processor_summary.as_ref();
+        sample.systems.push(SystemSample {
+            id: raw.id.clone(),
+            manufacturer: opt(raw.manufacturer.as_ref()),
+            model: opt(raw.model.as_ref()),
+            serial_number: opt(raw.serial_number.as_ref()),
+            bios_version: opt(raw.bios_version.as_ref()),
+            power_state: system.power_state().map(|p| name_of(&p)),
+            processor_model: ps.and_then(|p| opt(p.model.as_ref())),
+            processor_count: ps.and_then(|p| opt(p.count.as_ref())),
+            logical_processors: ps.and_then(|p| opt(p.logical_processor_count.as_ref())),
+            memory_gib: raw
+                .memory_summary
+                .as_ref()
+                .and_then(|m| opt(m.total_system_memory_gi_b.as_ref())),
+            health,
+            health_rollup,
+        });
+        let section = format!("Systems/{}/Storage", raw.id);
+        let storages = match system.storage_controllers().await {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                fail(sample, section, e);
+                continue;
+            }
+        };
+        for storage in storages {
+            match storage.drives().await {
+                Ok(drives) => {
+                    for d in drives.unwrap_or_default() {
+                        let r = d.raw();
+                        let encryption = opt(r.encryption_ability.as_ref()).map(|e| name_of(&e));
+                        sample.drives.push(DriveSample {
+                            id: r.id.clone(),
+                            model: opt(r.model.as_ref()),
+                            media_type: opt(r.media_type.as_ref()).map(|m| name_of(&m)),
+                            protocol: opt(r.protocol.as_ref()).map(|p| name_of(&p)),
+                            capacity_bytes: opt(r.capacity_bytes.as_ref())
+                                .and_then(|b| u64::try_from(b).ok()),
+                            health: Health::of(r.status.as_ref()).0,
+                            failure_predicted: opt(r.failure_predicted.as_ref()).unwrap_or(false),
+                            life_left_percent: opt(r.predicted_media_life_left_percent.as_ref()),
+                            encryption_capable: encryption.is_some_and(|e| e != "None"),
+                        });
+                    }
+                }
+                Err(e) => fail(sample, section.clone(), e),
+            }
+        }
+    }
+}
+
+fn is_inlet(name: &str, context: Option<&str>) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(context, Some("Intake")) || n.contains("inlet") || n.contains("intake")
+}
+
+fn is_cpu(name: &str, context: Option<&str>) -> bool {
+    matches!(context, Some("CPU")) || name.to_ascii_lowercase().contains("cpu")
+}
+
+async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut BmcSample) {
+    let members = match root.chassis().await {
+        Ok(Some(c)) => match c.members().await {
+            Ok(m) => m,
+            Err(e) => return fail(sample, "Chassis", e),
+        },
+        Ok(None) => return,
+        Err(e) => return fail(sample, "Chassis", e),
+    };
+    for ch in members {
+        let raw = ch.raw();
+        let id = raw.id.clone();
+        let (health, health_rollup) = Health::of(raw.status.as_ref());
+        let mut cs = ChassisSample {
+            id: id.clone(),
+            health,
+            health_rollup,
+            intrusion: raw
+                .physical_security
+                .as_ref()
+                .and_then(|p| opt(p.intrusion_sensor.as_ref()))
+                .map(|i| name_of(&i)),
+            ..ChassisSample::default()
+        };
+        match ch.thermal().await {
+            Ok(Some(t)) => {
+                let t = t.raw();
+                for nav in t.temperatures.iter().flatten() {
+                    match nav.get(bmc).await {
+                        Ok(temp) => {
+                            let name =
+                                opt(temp.name.as_ref()).unwrap_or_else(|| temp.member_id.clone());
+                            let context = temp.physical_context.as_ref().map(name_of);
+                            cs.temperatures.push(Reading {
+                                value: opt(temp.reading_celsius.as_ref()),
+                                health: Health::of(temp.status.as_ref()).0,
+                                unit: "Cel".into(),
+                                context,
+                                name,
+                            });
+                        }
+                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Temperatures"), e),
+                    }
+                }
+                for nav in t.fans.iter().flatten() {
+                    match nav.get(bmc).await {
+                        Ok(fan) => cs.fans.push(Reading {
+                            name: opt(fan.name.as_ref()).unwrap_or_else(|| fan.member_id.clone()),
+                            // Fan readings are RPM or percent: far below 2^52, exact in f64.
+                            #[allow(clippy::cast_precision_loss)]
+                            value: opt(fan.reading.as_ref()).map(|v| v as f64),
+                            unit: fan
+                                .reading_units
+                                .as_ref()
+                                .and_then(Option::as_ref)
+                                .map_or_else(String::new, name_of),
+                            context: fan.physical_context.as_ref().map(name_of),
+                            health: Health::of(fan.status.as_ref()).0,
+                        }),
+                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), e),
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), e),
+        }
+        match ch.power().await {
+            Ok(Some(p)) => {
+                let p = p.raw();
+                for nav in p.power_control.iter().flatten() {
+                    match nav.get(bmc).await {
+                        Ok(pc) => {
+                            if let Some(w) = opt(pc.power_consumed_watts.as_ref()) {
+                                cs.consumed_watts = Some(cs.consumed_watts.unwrap_or(0.0) + w);
+                            }
+                        }
+                        Err(e) => fail(sample, format!("Chassis/{id}/Power/PowerControl"), e),
+                    }
+                }
+                for nav in p.power_supplies.iter().flatten() {
+                    match nav.get(bmc).await {
+                        Ok(psu) => cs.power_supplies.push(Component {
+                            name: opt(psu.name.as_ref()).unwrap_or_else(|| psu.member_id.clone()),
+                            health: Health::of(psu.status.as_ref()).0,
+                        }),
+                        Err(e) => fail(sample, format!("Chassis/{id}/Power/PowerSupplies"), e),
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => fail(sample, format!("Chassis/{id}/Power"), e),
+        }
+        match ch.environment_metrics().await {
+            Ok(Some(env)) => {
+                let env = env.raw();
+                if cs.consumed_watts.is_none() {
+                    cs.consumed_watts = env
+                        .power_watts
+                        .as_ref()
+                        .and_then(|p| opt(p.reading.as_ref()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), e),
+        }
+        cs.inlet_celsius = cs
+            .temperatures
+            .iter()
+            .filter(|t| is_inlet(&t.name, t.context.as_deref()))
+            .filter_map(|t| t.value)
+            .reduce(f64::max);
+        cs.cpu_max_celsius = cs
+            .temperatures
+            .iter()
+            .filter(|t| is_cpu(&t.name, t.context.as_deref()))
+            .filter_map(|t| t.value)
+            .reduce(f64::max);
+        sample.chassis.push(cs);
+    }
+}

@@ -1,0 +1,180 @@
+//! The collector against every mockup tree in ../shared/redfish-mockups, served over HTTP by the
+//! mock BMC, read with nv-redfish's real HTTP client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sovereign_agent::mockbmc::{self, MockBmc};
+use sovereign_agent::redfish::{self, BmcSample, Endpoint, Health};
+
+fn mockups() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
+}
+
+/// Every tree with a service root: dmtf/*, vendor/*, variants/*.
+pub fn trees() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for group in ["dmtf", "vendor", "variants"] {
+        let Ok(dir) = std::fs::read_dir(mockups().join(group)) else {
+            continue;
+        };
+        for e in dir.filter_map(Result::ok) {
+            let p = e.path();
+            if mockbmc::service_root(&p).join("index.json").is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn read(tree: &Path) -> Result<BmcSample, redfish::RedfishError> {
+    let bmc = mockbmc::start(MockBmc::new(tree)).await.unwrap();
+    let ep = Endpoint {
+        address: bmc.url(),
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(10),
+    };
+    let client = redfish::connect(&ep).unwrap();
+    redfish::collect(Arc::new(client)).await
+}
+
+/// Trees nv-redfish 0.22 refuses at the service root because they omit the required `Links`
+/// (composability/CXL demos, not servers). Anything else failing is a regression.
+const ROOT_REFUSED: &[&str] = &[
+    "dmtf/public-cables",
+    "dmtf/public-cxl",
+    "dmtf/public-cxl-multiswitch",
+    "dmtf/public-pmem-configuration",
+];
+
+#[tokio::test]
+async fn every_mockup_tree_is_read_or_refused_with_a_reason() {
+    let trees = trees();
+    assert!(
+        trees.len() >= 30,
+        "expected the shared mockups, found {}",
+        trees.len()
+    );
+    let mut refused = Vec::new();
+    for tree in &trees {
+        let name = tree.strip_prefix(mockups()).unwrap().display().to_string();
+        match read(tree).await {
+            Ok(s) => {
+                for e in &s.errors {
+                    assert!(
+                        !e.reason.is_empty() && !e.section.is_empty(),
+                        "{name}: {e:?}"
+                    );
+                }
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("service root"), "{name}: {e}");
+                refused.push(name);
+            }
+        }
+    }
+    assert_eq!(
+        refused, ROOT_REFUSED,
+        "trees refused at the service root changed"
+    );
+}
+
+async fn tree(name: &str) -> BmcSample {
+    read(&mockups().join(name)).await.unwrap()
+}
+
+#[tokio::test]
+async fn rackmount_inventory_power_and_thermal() {
+    let s = tree("dmtf/public-rackmount1").await;
+    let sys = &s.systems[0];
+    assert_eq!(sys.manufacturer.as_deref(), Some("Contoso"));
+    assert_eq!(sys.serial_number.as_deref(), Some("437XR1138R2"));
+    assert_eq!(sys.power_state.as_deref(), Some("On"));
+    assert_eq!(
+        (sys.processor_count, sys.logical_processors, sys.memory_gib),
+        (Some(2), Some(16), Some(96.0))
+    );
+    assert_eq!(sys.health_rollup, Health::Warning);
+    let ch = &s.chassis[0];
+    assert_eq!(ch.consumed_watts, Some(344.0));
+    assert_eq!(ch.inlet_celsius, Some(25.0));
+    assert_eq!(ch.cpu_max_celsius, Some(41.0));
+    assert_eq!(ch.fans.len(), 2);
+    assert_eq!(ch.power_supplies[0].health, Health::Warning);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
+#[tokio::test]
+async fn vendor_captures() {
+    let dell = tree("vendor/dell").await;
+    assert_eq!(dell.vendor.as_deref(), Some("Dell"));
+    assert_eq!(dell.systems[0].model.as_deref(), Some("PowerEdge R750"));
+    assert_eq!(dell.chassis[0].intrusion.as_deref(), Some("Normal"));
+    assert_eq!(dell.chassis[0].consumed_watts, Some(614.0));
+    assert_eq!(dell.drives.len(), 3);
+    assert!(
+        dell.drives
+            .iter()
+            .all(|d| d.capacity_bytes == Some(1_920_383_410_176))
+    );
+    assert_eq!(dell.overall_health(), Health::Ok);
+
+    let hpe = tree("vendor/hpe").await;
+    assert_eq!(hpe.vendor.as_deref(), Some("HPE"));
+    assert_eq!(hpe.chassis[0].consumed_watts, Some(531.0));
+    assert_eq!(hpe.chassis[0].temperatures.len(), 53);
+    let bad: Vec<_> = hpe.drives.iter().filter(|d| d.failure_predicted).collect();
+    assert_eq!(bad.len(), 1, "one HPE drive predicts failure");
+    assert_eq!(bad[0].health, Health::Critical);
+    assert_eq!(hpe.overall_health(), Health::Critical);
+
+    let lenovo = tree("vendor/lenovo").await;
+    assert_eq!(lenovo.systems[0].memory_gib, Some(1024.0));
+    assert_eq!(lenovo.chassis[0].consumed_watts, Some(821.0));
+    assert_eq!(lenovo.chassis[0].inlet_celsius, Some(19.0));
+
+    let smc = tree("vendor/supermicro").await;
+    assert_eq!(smc.vendor, None, "Supermicro's service root has no Vendor");
+    assert_eq!(smc.drives.len(), 8);
+    assert_eq!(smc.chassis[0].power_supplies.len(), 8);
+}
+
+#[tokio::test]
+async fn intrusion_makes_a_server_critical() {
+    for t in ["variants/rackmount1-intrusion", "variants/dell-intrusion"] {
+        let s = tree(t).await;
+        assert!(
+            s.chassis
+                .iter()
+                .any(|c| c.intrusion.as_deref() == Some("HardwareIntrusion")),
+            "{t}"
+        );
+        assert_eq!(s.overall_health(), Health::Critical, "{t}");
+    }
+}
+
+#[tokio::test]
+async fn worn_drive_is_reported() {
+    let s = tree("variants/localstorage-wearout").await;
+    let worn: Vec<_> = s
+        .drives
+        .iter()
+        .filter(|d| d.life_left_percent == Some(3.0))
+        .collect();
+    assert_eq!(worn.len(), 1);
+    assert!(worn[0].failure_predicted);
+    assert_eq!(worn[0].health, Health::Warning);
+    assert!(
+        worn[0].encryption_capable,
+        "SED drives report EncryptionAbility"
+    );
+    assert_eq!(s.overall_health(), Health::Warning);
+}
