@@ -2,4 +2,5 @@
 
 pub mod mockbmc;
 pub mod os;
+pub mod poller;
 pub mod redfish;

@@ -62,8 +62,88 @@ pub enum RedfishError {
     CaBundle(String),
     #[error("building the HTTP client: {0}")]
     Client(String),
-    #[error("reading the Redfish service root: {0}")]
-    ServiceRoot(String),
+    #[error("reading the Redfish service root ({class}): {message}")]
+    ServiceRoot {
+        class: FailureClass,
+        message: String,
+    },
+}
+
+impl RedfishError {
+    /// What kind of failure this is, for backoff and for the Server's condition reason.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            RedfishError::Address(..) | RedfishError::CaBundle(_) | RedfishError::Client(_) => {
+                FailureClass::Config
+            }
+            RedfishError::ServiceRoot { class, .. } => *class,
+        }
+    }
+}
+
+/// Kinds of BMC failure; each maps to a condition reason (`BmcUnauthorized`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum FailureClass {
+    /// 401: wrong credentials. Never retried quickly (BMCs lock accounts out).
+    Unauthorized,
+    /// 403: the account lacks the privilege.
+    Forbidden,
+    /// 404 on the service root: not a Redfish service.
+    NotFound,
+    /// 503 or 429: overloaded, come back later.
+    Unavailable,
+    /// Other 5xx.
+    ServerError,
+    /// Answered, but not with a Redfish document we can read (HTML, malformed JSON, wrong types).
+    Protocol,
+    /// No usable answer: refused, reset, TLS failure, timeout.
+    Transport,
+    /// The poll took longer than its deadline.
+    Timeout,
+    /// Our side: bad address, bad CA bundle.
+    Config,
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::Unauthorized => "BmcUnauthorized",
+            FailureClass::Forbidden => "BmcForbidden",
+            FailureClass::NotFound => "BmcNotRedfish",
+            FailureClass::Unavailable => "BmcUnavailable",
+            FailureClass::ServerError => "BmcServerError",
+            FailureClass::Protocol => "BmcProtocolError",
+            FailureClass::Transport => "BmcUnreachable",
+            FailureClass::Timeout => "BmcTimeout",
+            FailureClass::Config => "BmcConfigInvalid",
+        })
+    }
+}
+
+fn classify<B: Bmc>(e: &nv_redfish::Error<B>) -> FailureClass {
+    use nv_redfish::core::{BmcError as _, BmcErrorClass};
+    match e {
+        nv_redfish::Error::Bmc(b) => match b.error_class() {
+            BmcErrorClass::HttpResponse { status: 401 } => FailureClass::Unauthorized,
+            BmcErrorClass::HttpResponse { status: 403 } => FailureClass::Forbidden,
+            BmcErrorClass::HttpResponse { status: 404 } => FailureClass::NotFound,
+            BmcErrorClass::HttpResponse { status: 429 | 503 } => FailureClass::Unavailable,
+            BmcErrorClass::HttpResponse { status } if status >= 500 => FailureClass::ServerError,
+            BmcErrorClass::HttpResponse { .. } | BmcErrorClass::ResponseParse => {
+                FailureClass::Protocol
+            }
+            BmcErrorClass::Transport => FailureClass::Transport,
+            // Other, and classes added by future nv-redfish releases.
+            _ => {
+                if b.to_string().contains("Decode") {
+                    FailureClass::Protocol
+                } else {
+                    FailureClass::Transport
+                }
+            }
+        },
+        _ => FailureClass::Protocol,
+    }
 }
 
 /// Redfish health, Unknown when absent or null (never assumed OK).
@@ -296,7 +376,10 @@ fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
 pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, RedfishError> {
     let root = ServiceRoot::new(bmc.clone())
         .await
-        .map_err(|e| RedfishError::ServiceRoot(e.to_string()))?;
+        .map_err(|e| RedfishError::ServiceRoot {
+            class: classify(&e),
+            message: e.to_string(),
+        })?;
     let mut sample = BmcSample {
         observed_at_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)

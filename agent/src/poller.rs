@@ -1,0 +1,279 @@
+//! Polling many BMCs: bounded concurrency across BMCs, a deadline per BMC, one HTTP client per
+//! BMC reused across cycles (connection reuse), and per-BMC backoff so a failing BMC is not
+//! hammered. One BMC's failure is recorded against that BMC only.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::redfish::{self, BmcSample, Endpoint, FailureClass, HttpRedfish, RedfishError};
+
+/// Exponential backoff per BMC, capped, with deterministic jitter (no RNG: spreads BMCs by name
+/// so a rack that failed together does not retry together).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    failures: u32,
+    next_allowed: Option<Instant>,
+    jitter_seed: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration, name: &str) -> Self {
+        // FNV-1a of the name: stable across runs and platforms.
+        let jitter_seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Self {
+            base,
+            cap,
+            failures: 0,
+            next_allowed: None,
+            jitter_seed,
+        }
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// May this BMC be polled at `now`?
+    pub fn due(&self, now: Instant) -> bool {
+        self.next_allowed.is_none_or(|t| now >= t)
+    }
+
+    pub fn on_success(&mut self) {
+        self.failures = 0;
+        self.next_allowed = None;
+    }
+
+    /// Records a failure and returns how long to wait before the next try.
+    pub fn on_failure(&mut self, class: FailureClass, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = match class {
+            // Bad credentials: a retry loop locks the account out on many BMCs.
+            FailureClass::Unauthorized | FailureClass::Forbidden | FailureClass::Config => self.cap,
+            _ => {
+                let exp = self.failures.saturating_sub(1).min(16);
+                self.base.saturating_mul(1u32 << exp).min(self.cap)
+            }
+        };
+        // Up to +20 % jitter, from the name and the attempt.
+        let spread = f64::from(
+            u32::try_from(self.jitter_seed.rotate_left(self.failures) % 200).unwrap_or(0),
+        ) / 1000.0;
+        let delay = delay.mul_f64(1.0 + spread).min(self.cap.mul_f64(1.2));
+        self.next_allowed = Some(now + delay);
+        delay
+    }
+}
+
+/// Why one BMC produced no sample this cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("{0}")]
+    Redfish(#[from] RedfishError),
+    #[error("poll exceeded its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("poll task failed: {0}")]
+    Task(String),
+}
+
+impl PollError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            PollError::Redfish(e) => e.class(),
+            PollError::Timeout(_) => FailureClass::Timeout,
+            PollError::Task(_) => FailureClass::Transport,
+        }
+    }
+}
+
+/// One BMC in the fleet.
+pub struct Member {
+    pub name: String,
+    client: Result<Arc<HttpRedfish>, String>,
+    pub backoff: Backoff,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("client", &self.client.as_ref().map(|_| "HttpBmc"))
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// Result of polling one BMC.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub result: Result<BmcSample, PollError>,
+    pub elapsed: Duration,
+}
+
+/// Fan-out settings.
+#[derive(Clone, Debug)]
+pub struct PollConfig {
+    /// BMCs polled at the same time.
+    pub concurrency: usize,
+    /// Deadline for one BMC's whole poll.
+    pub deadline: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 256,
+            deadline: Duration::from_secs(55),
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_mins(30),
+        }
+    }
+}
+
+/// The BMCs one collector polls.
+#[derive(Debug)]
+pub struct Fleet {
+    members: Vec<Member>,
+    config: PollConfig,
+}
+
+/// A cycle's results, and the BMCs skipped because they are backing off.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub outcomes: Vec<Outcome>,
+    pub skipped: Vec<String>,
+}
+
+impl Fleet {
+    /// Builds one HTTP client per BMC now; a BMC whose configuration is invalid stays in the
+    /// fleet and reports that error every cycle instead of stopping the collector.
+    pub fn new(targets: Vec<(String, Endpoint)>, config: PollConfig) -> Self {
+        let members = targets
+            .into_iter()
+            .map(|(name, ep)| Member {
+                backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
+                client: redfish::connect(&ep)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+                name,
+            })
+            .collect();
+        Self { members, config }
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Polls every BMC that is not backing off, at most `concurrency` at a time.
+    pub async fn poll_cycle(&mut self, now: Instant) -> CycleReport {
+        let semaphore = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut report = CycleReport::default();
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.backoff.due(now) {
+                report.skipped.push(m.name.clone());
+                continue;
+            }
+            let client = m.client.clone();
+            let deadline = self.config.deadline;
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let start = Instant::now();
+                let result = match (semaphore.acquire_owned().await, client) {
+                    (Err(e), _) => Err(PollError::Task(e.to_string())),
+                    (Ok(_permit), Err(config)) => {
+                        Err(PollError::Redfish(RedfishError::Client(config)))
+                    }
+                    (Ok(_permit), Ok(client)) => {
+                        match tokio::time::timeout(deadline, redfish::collect(client)).await {
+                            Ok(r) => r.map_err(PollError::from),
+                            Err(_) => Err(PollError::Timeout(deadline)),
+                        }
+                    }
+                };
+                (i, result, start.elapsed())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, result, elapsed)) = joined else {
+                continue;
+            };
+            let member = &mut self.members[i];
+            match &result {
+                Ok(_) => member.backoff.on_success(),
+                Err(e) => {
+                    member.backoff.on_failure(e.class(), Instant::now());
+                }
+            }
+            report.outcomes.push(Outcome {
+                name: member.name.clone(),
+                result,
+                elapsed,
+            });
+        }
+        report.outcomes.sort_by(|a, b| a.name.cmp(&b.name));
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let now = Instant::now();
+        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_mins(5), "bmc-a");
+        assert!(b.due(now));
+        let d1 = b.on_failure(FailureClass::Transport, now);
+        assert!(!b.due(now) && b.due(now + d1));
+        let d2 = b.on_failure(FailureClass::Transport, now);
+        assert!(
+            d1 >= Duration::from_secs(10) && d1 <= Duration::from_secs(12),
+            "{d1:?}"
+        );
+        assert!(
+            d2 >= Duration::from_secs(20) && d2 <= Duration::from_secs(24),
+            "{d2:?}"
+        );
+        for _ in 0..20 {
+            let d = b.on_failure(FailureClass::ServerError, now);
+            assert!(d <= Duration::from_mins(6), "{d:?}");
+        }
+        b.on_success();
+        assert!(b.due(now) && b.failures() == 0);
+    }
+
+    #[test]
+    fn bad_credentials_back_off_to_the_cap_at_once() {
+        let now = Instant::now();
+        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_mins(10), "bmc-b");
+        assert!(b.on_failure(FailureClass::Unauthorized, now) >= Duration::from_mins(10));
+    }
+
+    #[test]
+    fn jitter_differs_between_bmcs() {
+        let now = Instant::now();
+        let delays: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|i| {
+                Backoff::new(
+                    Duration::from_secs(10),
+                    Duration::from_mins(10),
+                    &format!("bmc-{i}"),
+                )
+                .on_failure(FailureClass::Transport, now)
+            })
+            .collect();
+        assert!(delays.len() > 10, "{delays:?}");
+    }
+}

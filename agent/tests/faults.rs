@@ -1,0 +1,196 @@
+//! Faults: each yields a per-BMC error with a reason; the collector and the other BMCs go on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sovereign_agent::mockbmc::{self, Fault, MockBmc, Running};
+use sovereign_agent::poller::{Fleet, PollConfig};
+use sovereign_agent::redfish::{Endpoint, FailureClass};
+
+fn rackmount() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/redfish-mockups/dmtf/public-rackmount1")
+}
+
+fn endpoint(url: String, user: &str, pass: &str) -> Endpoint {
+    Endpoint {
+        address: url,
+        username: user.into(),
+        password: pass.into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+async fn bmc(fault: Fault, latency: Duration) -> Running {
+    let mut m = MockBmc::new(rackmount());
+    m.fault = fault;
+    m.latency = latency;
+    mockbmc::start(m).await.unwrap()
+}
+
+#[tokio::test]
+async fn every_fault_is_one_bmcs_problem() {
+    let cases: Vec<(&str, Fault, Duration, Option<FailureClass>)> = vec![
+        ("healthy", Fault::None, Duration::ZERO, None),
+        (
+            "unauthorized",
+            Fault::Status(401),
+            Duration::ZERO,
+            Some(FailureClass::Unauthorized),
+        ),
+        (
+            "forbidden",
+            Fault::Status(403),
+            Duration::ZERO,
+            Some(FailureClass::Forbidden),
+        ),
+        (
+            "not-redfish",
+            Fault::Status(404),
+            Duration::ZERO,
+            Some(FailureClass::NotFound),
+        ),
+        (
+            "error-500",
+            Fault::Status(500),
+            Duration::ZERO,
+            Some(FailureClass::ServerError),
+        ),
+        (
+            "busy-503",
+            Fault::Unavailable {
+                retry_after_seconds: 30,
+            },
+            Duration::ZERO,
+            Some(FailureClass::Unavailable),
+        ),
+        (
+            "malformed",
+            Fault::MalformedJson,
+            Duration::ZERO,
+            Some(FailureClass::Protocol),
+        ),
+        (
+            "wrong-types",
+            Fault::WrongTypes,
+            Duration::ZERO,
+            Some(FailureClass::Protocol),
+        ),
+        (
+            "huge",
+            Fault::HugeBody(8 << 20),
+            Duration::ZERO,
+            Some(FailureClass::Protocol),
+        ),
+        (
+            "html",
+            Fault::HtmlPage,
+            Duration::ZERO,
+            Some(FailureClass::Protocol),
+        ),
+        (
+            "slow",
+            Fault::None,
+            Duration::from_secs(3),
+            Some(FailureClass::Timeout),
+        ),
+    ];
+    let mut servers = Vec::new();
+    let mut targets = Vec::new();
+    for (name, fault, latency, _) in &cases {
+        let s = bmc(fault.clone(), *latency).await;
+        targets.push(((*name).to_owned(), endpoint(s.url(), "root", "calvin")));
+        servers.push(s);
+    }
+    // Connection refused: a port that was bound and released.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    targets.push((
+        "refused".into(),
+        endpoint(format!("http://{closed}"), "root", "calvin"),
+    ));
+    targets.push((
+        "bad-address".into(),
+        endpoint("ftp://10.0.0.1".into(), "root", "calvin"),
+    ));
+
+    let config = PollConfig {
+        concurrency: 4,
+        deadline: Duration::from_millis(700),
+        ..PollConfig::default()
+    };
+    let mut fleet = Fleet::new(targets, config);
+    let report = fleet.poll_cycle(Instant::now()).await;
+    assert_eq!(report.outcomes.len(), cases.len() + 2);
+    for o in &report.outcomes {
+        let expected = cases.iter().find(|c| c.0 == o.name).map_or(
+            match o.name.as_str() {
+                "refused" => Some(FailureClass::Transport),
+                _ => Some(FailureClass::Config),
+            },
+            |c| c.3,
+        );
+        match (&o.result, expected) {
+            (Ok(sample), None) => assert_eq!(sample.systems.len(), 1, "{}", o.name),
+            (Err(e), Some(class)) => {
+                assert_eq!(e.class(), class, "{}: {e}", o.name);
+                assert!(!e.to_string().is_empty());
+            }
+            (r, want) => panic!(
+                "{}: got {:?}, wanted {want:?}",
+                o.name,
+                r.as_ref().map(|_| "sample")
+            ),
+        }
+    }
+    let slow = report.outcomes.iter().find(|o| o.name == "slow").unwrap();
+    assert!(
+        slow.elapsed < Duration::from_secs(2),
+        "the deadline cut the slow BMC: {:?}",
+        slow.elapsed
+    );
+
+    // Failed BMCs back off; the healthy one is polled again at once.
+    let again = fleet.poll_cycle(Instant::now()).await;
+    assert_eq!(again.outcomes.len(), 1);
+    assert_eq!(again.outcomes[0].name, "healthy");
+    assert_eq!(again.skipped.len(), cases.len() + 1);
+    drop(servers);
+}
+
+#[tokio::test]
+async fn credentials_are_checked_and_never_printed() {
+    let mut m = MockBmc::new(rackmount());
+    m.credentials = Some(("sovereign-ro".into(), "s3cr3t-pass".into()));
+    let s = mockbmc::start(m).await.unwrap();
+    let good = endpoint(s.url(), "sovereign-ro", "s3cr3t-pass");
+    let bad = endpoint(s.url(), "sovereign-ro", "wrong");
+    assert!(
+        !format!("{good:?}").contains("s3cr3t-pass"),
+        "Debug must redact the password"
+    );
+    let mut fleet = Fleet::new(
+        vec![("good".into(), good), ("bad".into(), bad)],
+        PollConfig::default(),
+    );
+    let report = fleet.poll_cycle(Instant::now()).await;
+    let by = |n: &str| report.outcomes.iter().find(|o| o.name == n).unwrap();
+    assert!(by("good").result.is_ok());
+    let err = by("bad").result.as_ref().unwrap_err();
+    assert_eq!(err.class(), FailureClass::Unauthorized);
+    assert!(!err.to_string().contains("wrong"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_needs_a_valid_ca_bundle_or_explicit_insecure() {
+    let mut ep = endpoint("https://127.0.0.1:9".into(), "u", "p");
+    ep.ca_bundle_pem = Some("not a pem".into());
+    let err = sovereign_agent::redfish::connect(&ep).err().unwrap();
+    assert_eq!(err.class(), FailureClass::Config, "{err}");
+}
