@@ -4,3 +4,4 @@ pub mod mockbmc;
 pub mod os;
 pub mod poller;
 pub mod redfish;
+pub mod report;

@@ -1,14 +1,151 @@
-//! `sovereign-agent`: node telemetry (sysinfo) and BMC collection (Redfish).
-//!
-//! The collectors are built in issue 4; until then the binary refuses to pretend.
+//! `sovereign-agent`: thin binary over the agent library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--version" || a == "-V") {
-        println!("sovereign-agent {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+use clap::{Parser, Subcommand, ValueEnum};
+use sovereign_agent::os::OsCollector;
+use sovereign_agent::redfish::{self, Endpoint};
+use sovereign_agent::report::{Collected, render_table};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sovereign-agent",
+    version,
+    about = "Sovereign hardware and OS telemetry agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read telemetry once and print it (no cluster needed).
+    Collect {
+        /// Exactly once (the streaming roles run in the cluster).
+        #[arg(long, required = true)]
+        once: bool,
+        /// BMC Redfish address, e.g. https://10.20.0.11.
+        #[arg(long)]
+        bmc: Option<String>,
+        /// BMC user name.
+        #[arg(long, requires = "bmc")]
+        user: Option<String>,
+        /// File holding the BMC password (else the SOVEREIGN_BMC_PASSWORD environment variable).
+        #[arg(long, requires = "bmc")]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle the BMC certificate must chain to.
+        #[arg(long, requires = "bmc", conflicts_with = "insecure")]
+        ca_bundle: Option<PathBuf>,
+        /// Skip TLS verification of the BMC (lab equipment only).
+        #[arg(long, requires = "bmc")]
+        insecure: bool,
+        /// Per-request timeout in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_seconds: u64,
+        /// Also read this host's OS telemetry.
+        #[arg(long)]
+        os: bool,
+        /// Where the host's / is mounted (inside a container), for OS identity.
+        #[arg(long, default_value = "/")]
+        host_root: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
+    let Command::Collect {
+        once: _,
+        bmc,
+        user,
+        password_file,
+        ca_bundle,
+        insecure,
+        timeout_seconds,
+        os,
+        host_root,
+        output,
+    } = cli.command;
+    if bmc.is_none() && !os {
+        return Err("nothing to collect: give --bmc URL and/or --os".into());
     }
-    eprintln!("sovereign-agent: the node and bmc collectors are not built yet (see issue 4)");
-    ExitCode::from(2)
+    let mut collected = Collected::default();
+    let mut healthy = true;
+    if let Some(address) = bmc {
+        let password = match password_file {
+            Some(p) => std::fs::read_to_string(&p)
+                .map_err(|e| format!("reading password file {}: {e}", p.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            None => std::env::var("SOVEREIGN_BMC_PASSWORD")
+                .map_err(|_| "no BMC password: use --password-file or SOVEREIGN_BMC_PASSWORD")?,
+        };
+        let ca_bundle_pem = match ca_bundle {
+            Some(p) => Some(
+                std::fs::read_to_string(&p)
+                    .map_err(|e| format!("reading CA bundle {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        if address.starts_with("https://") && ca_bundle_pem.is_none() && !insecure {
+            eprintln!(
+                "sovereign-agent: no --ca-bundle: the BMC certificate must chain to a public CA (use --insecure only for lab equipment)"
+            );
+        }
+        let endpoint = Endpoint {
+            address,
+            username: user.unwrap_or_else(|| "root".to_owned()),
+            password,
+            ca_bundle_pem,
+            insecure_skip_verify: insecure,
+            timeout: Duration::from_secs(timeout_seconds),
+        };
+        let client = redfish::connect(&endpoint)?;
+        match redfish::collect(Arc::new(client)).await {
+            Ok(sample) => collected.bmc = Some(sample),
+            Err(e) => {
+                healthy = false;
+                collected.bmc_error = Some(e.to_string());
+            }
+        }
+    }
+    if os {
+        let mut collector = OsCollector::new(host_root)?;
+        // CPU usage needs two readings at least this far apart.
+        tokio::time::sleep(sysinfo_interval()).await;
+        collected.os = Some(collector.sample()?);
+    }
+    match output {
+        Output::Table => print!("{}", render_table(&collected)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&collected)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(&collected)?),
+    }
+    Ok(healthy)
+}
+
+fn sysinfo_interval() -> Duration {
+    sovereign_agent::os::MINIMUM_CPU_INTERVAL
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sovereign-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

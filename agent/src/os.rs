@@ -12,6 +12,9 @@ use serde::Serialize;
 use sysinfo::{Components, CpuRefreshKind, Disks, Networks, System};
 use thiserror::Error;
 
+/// Shortest interval between two CPU readings that gives a meaningful usage figure.
+pub const MINIMUM_CPU_INTERVAL: std::time::Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+
 /// Errors reading OS telemetry.
 #[derive(Debug, Error)]
 pub enum OsError {
