@@ -97,6 +97,8 @@ pub struct Member {
     pub name: String,
     client: Result<Arc<HttpRedfish>, String>,
     pub backoff: Backoff,
+    /// Cleared once the BMC refused `$expand`.
+    pub use_expand: bool,
 }
 
 impl std::fmt::Debug for Member {
@@ -105,6 +107,7 @@ impl std::fmt::Debug for Member {
             .field("name", &self.name)
             .field("client", &self.client.as_ref().map(|_| "HttpBmc"))
             .field("backoff", &self.backoff)
+            .field("use_expand", &self.use_expand)
             .finish()
     }
 }
@@ -164,6 +167,7 @@ impl Fleet {
                 client: redfish::connect(&ep)
                     .map(Arc::new)
                     .map_err(|e| e.to_string()),
+                use_expand: true,
                 name,
             })
             .collect();
@@ -185,6 +189,7 @@ impl Fleet {
                 continue;
             }
             let client = m.client.clone();
+            let use_expand = m.use_expand;
             let deadline = self.config.deadline;
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
@@ -195,7 +200,12 @@ impl Fleet {
                         Err(PollError::Redfish(RedfishError::Client(config)))
                     }
                     (Ok(_permit), Ok(client)) => {
-                        match tokio::time::timeout(deadline, redfish::collect(client)).await {
+                        match tokio::time::timeout(
+                            deadline,
+                            redfish::collect_with(client, use_expand),
+                        )
+                        .await
+                        {
                             Ok(r) => r.map_err(PollError::from),
                             Err(_) => Err(PollError::Timeout(deadline)),
                         }
@@ -210,7 +220,12 @@ impl Fleet {
             };
             let member = &mut self.members[i];
             match &result {
-                Ok(_) => member.backoff.on_success(),
+                Ok(sample) => {
+                    member.backoff.on_success();
+                    if sample.expand_refused {
+                        member.use_expand = false;
+                    }
+                }
                 Err(e) => {
                     member.backoff.on_failure(e.class(), Instant::now());
                 }

@@ -16,12 +16,79 @@ use nv_redfish::ServiceRoot;
 use nv_redfish::bmc_http::reqwest::Client;
 use nv_redfish::bmc_http::{BmcCredentials, CacheSettings, HttpBmc};
 use nv_redfish::core::Bmc;
+use nv_redfish::quirks::{Match, RulesBmc, UserRule};
 use nv_redfish::schema::resource::{Health as RfHealth, Status};
 use serde::Serialize;
+use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-/// The BMC HTTP client type used in production.
-pub type HttpRedfish = HttpBmc<Client>;
+/// The BMC HTTP client used in production: nv-redfish's HTTP transport under our repairs.
+pub type HttpRedfish = RulesBmc<HttpBmc<Client>>;
+
+/// Repairs for documents real services send without fields the schema requires, which
+/// nv-redfish's typed model would otherwise refuse whole. Each is narrow: it only adds what
+/// is missing, never changes a value the BMC sent.
+pub fn repairs() -> Vec<UserRule> {
+    fn object(v: &mut Value) -> Option<&mut Map<String, Value>> {
+        v.as_object_mut()
+    }
+    // DMTF mockups: EnvironmentMetrics and Drives without Id or Name; the Id is the last path
+    // segment and stands in for the Name.
+    let missing_id = ["EnvironmentMetrics", "Drive"].into_iter().map(|t| {
+        UserRule::new(format!("{t}-id-name"), Match::Type(t.into()), |mut v| {
+            let id = v
+                .get("@odata.id")
+                .and_then(Value::as_str)
+                .and_then(|p| p.rsplit('/').next())
+                .map(str::to_owned);
+            if let (Some(o), Some(id)) = (object(&mut v), id) {
+                o.entry("Name").or_insert_with(|| json!(id));
+                o.entry("Id").or_insert_with(|| json!(id));
+            }
+            v
+        })
+    });
+    let mut rules = vec![
+        // sushy-emulator and several DMTF demo trees: ServiceRoot without Links.
+        UserRule::new(
+            "service-root-links",
+            Match::Type("ServiceRoot".into()),
+            |mut v| {
+                if let Some(o) = object(&mut v) {
+                    o.entry("Links").or_insert_with(|| json!({"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}));
+                }
+                v
+            },
+        ),
+        // PDUs and power shelves: Chassis without ChassisType.
+        UserRule::new("chassis-type", Match::Type("Chassis".into()), |mut v| {
+            if let Some(o) = object(&mut v) {
+                o.entry("ChassisType").or_insert_with(|| json!("Other"));
+            }
+            v
+        }),
+        // Legacy StorageControllers array items without MemberId (DMTF tower).
+        UserRule::new(
+            "storage-controller-member-id",
+            Match::Type("Storage".into()),
+            |mut v| {
+                if let Some(items) = v
+                    .get_mut("StorageControllers")
+                    .and_then(Value::as_array_mut)
+                {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        if let Some(o) = object(item) {
+                            o.entry("MemberId").or_insert_with(|| json!(i.to_string()));
+                        }
+                    }
+                }
+                v
+            },
+        ),
+    ];
+    rules.extend(missing_id);
+    rules
+}
 
 /// How to reach one BMC. The password is never printed.
 #[derive(Clone)]
@@ -67,6 +134,11 @@ pub enum RedfishError {
         class: FailureClass,
         message: String,
     },
+    #[error("nothing readable below the service root ({class}): {message}")]
+    Tree {
+        class: FailureClass,
+        message: String,
+    },
 }
 
 impl RedfishError {
@@ -76,7 +148,7 @@ impl RedfishError {
             RedfishError::Address(..) | RedfishError::CaBundle(_) | RedfishError::Client(_) => {
                 FailureClass::Config
             }
-            RedfishError::ServiceRoot { class, .. } => *class,
+            RedfishError::ServiceRoot { class, .. } | RedfishError::Tree { class, .. } => *class,
         }
     }
 }
@@ -121,28 +193,56 @@ impl fmt::Display for FailureClass {
 }
 
 fn classify<B: Bmc>(e: &nv_redfish::Error<B>) -> FailureClass {
-    use nv_redfish::core::{BmcError as _, BmcErrorClass};
     match e {
-        nv_redfish::Error::Bmc(b) => match b.error_class() {
-            BmcErrorClass::HttpResponse { status: 401 } => FailureClass::Unauthorized,
-            BmcErrorClass::HttpResponse { status: 403 } => FailureClass::Forbidden,
-            BmcErrorClass::HttpResponse { status: 404 } => FailureClass::NotFound,
-            BmcErrorClass::HttpResponse { status: 429 | 503 } => FailureClass::Unavailable,
-            BmcErrorClass::HttpResponse { status } if status >= 500 => FailureClass::ServerError,
-            BmcErrorClass::HttpResponse { .. } | BmcErrorClass::ResponseParse => {
-                FailureClass::Protocol
-            }
-            BmcErrorClass::Transport => FailureClass::Transport,
-            // Other, and classes added by future nv-redfish releases.
-            _ => {
-                if b.to_string().contains("Decode") {
-                    FailureClass::Protocol
-                } else {
-                    FailureClass::Transport
-                }
-            }
-        },
+        nv_redfish::Error::Bmc(b) => classify_bmc(b),
         _ => FailureClass::Protocol,
+    }
+}
+
+fn classify_bmc<E: nv_redfish::core::BmcError>(b: &E) -> FailureClass {
+    use nv_redfish::core::BmcErrorClass;
+    match b.error_class() {
+        BmcErrorClass::HttpResponse { status: 401 } => FailureClass::Unauthorized,
+        BmcErrorClass::HttpResponse { status: 403 } => FailureClass::Forbidden,
+        BmcErrorClass::HttpResponse { status: 404 } => FailureClass::NotFound,
+        BmcErrorClass::HttpResponse { status: 429 | 503 } => FailureClass::Unavailable,
+        BmcErrorClass::HttpResponse { status } if status >= 500 => FailureClass::ServerError,
+        BmcErrorClass::HttpResponse { .. } | BmcErrorClass::ResponseParse => FailureClass::Protocol,
+        BmcErrorClass::Transport => FailureClass::Transport,
+        // Other, and classes added by future nv-redfish releases.
+        _ => {
+            if b.to_string().contains("Decode") {
+                FailureClass::Protocol
+            } else {
+                FailureClass::Transport
+            }
+        }
+    }
+}
+
+/// Errors a section can fail with: nv-redfish's, or the transport's from a navigation read.
+trait Classified: fmt::Display {
+    fn class(&self) -> FailureClass;
+}
+
+impl<B: Bmc> Classified for nv_redfish::Error<B> {
+    fn class(&self) -> FailureClass {
+        classify(self)
+    }
+}
+
+/// A transport error read through a navigation property.
+struct Nav<'a, E>(&'a E);
+
+impl<E: fmt::Display> fmt::Display for Nav<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: nv_redfish::core::BmcError> Classified for Nav<'_, E> {
+    fn class(&self) -> FailureClass {
+        classify_bmc(self.0)
     }
 }
 
@@ -272,6 +372,7 @@ pub struct SystemSample {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SectionError {
     pub section: String,
+    pub class: FailureClass,
     pub reason: String,
 }
 
@@ -285,6 +386,8 @@ pub struct BmcSample {
     pub chassis: Vec<ChassisSample>,
     pub drives: Vec<DriveSample>,
     pub errors: Vec<SectionError>,
+    /// The BMC advertises `$expand` but refused it; poll it without.
+    pub expand_refused: bool,
 }
 
 impl BmcSample {
@@ -351,12 +454,13 @@ pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
     let client = builder
         .build()
         .map_err(|e| RedfishError::Client(e.to_string()))?;
-    Ok(HttpBmc::new(
+    let http = HttpBmc::new(
         Client::with_client(client),
         url,
         BmcCredentials::new(ep.username.clone(), ep.password.clone()),
         CacheSettings::default(),
-    ))
+    );
+    Ok(RulesBmc::new(http, repairs()))
 }
 
 fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
@@ -371,15 +475,48 @@ fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
     Ok(url)
 }
 
-/// Reads one BMC. Fails only when the service root cannot be read; everything below degrades
-/// section by section.
+/// Reads one BMC, using `$expand` when the service root advertises it. Fails only when the
+/// service root cannot be read; everything below degrades section by section.
 pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, RedfishError> {
-    let root = ServiceRoot::new(bmc.clone())
+    collect_with(bmc, true).await
+}
+
+/// Like [`collect`]; with `use_expand` false `$expand` is never sent. When a BMC advertises
+/// `$expand` but refuses it (iDRAC without a licence, sushy-static), the tree is read again
+/// without it and [`BmcSample::expand_refused`] tells the caller to stop asking.
+pub async fn collect_with<B: Bmc + 'static>(
+    bmc: Arc<B>,
+    use_expand: bool,
+) -> Result<BmcSample, RedfishError> {
+    let mut root = ServiceRoot::new(bmc.clone())
         .await
         .map_err(|e| RedfishError::ServiceRoot {
             class: classify(&e),
             message: e.to_string(),
         })?;
+    if !use_expand {
+        root = root.restrict_expand();
+    }
+    let mut sample = read_tree(&root, &*bmc).await;
+    if use_expand && sample.errors.iter().any(|e| e.reason.contains("$expand")) {
+        sample = read_tree(&root.restrict_expand(), &*bmc).await;
+        sample.expand_refused = true;
+    }
+    // The service root answers without credentials; a BMC where nothing below it could be read
+    // (bad credentials, overloaded) has failed, with the class of its first error.
+    if sample.systems.is_empty()
+        && sample.chassis.is_empty()
+        && let Some(first) = sample.errors.first()
+    {
+        return Err(RedfishError::Tree {
+            class: first.class,
+            message: format!("{}: {}", first.section, first.reason),
+        });
+    }
+    Ok(sample)
+}
+
+async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSample {
     let mut sample = BmcSample {
         observed_at_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -387,15 +524,29 @@ pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, Redfish
         vendor: root.vendor().map(|v| v.to_string()),
         ..BmcSample::default()
     };
-    systems(&root, &mut sample).await;
-    chassis(&root, &*bmc, &mut sample).await;
-    Ok(sample)
+    systems(root, &mut sample).await;
+    chassis(root, bmc, &mut sample).await;
+    sample
 }
 
-fn fail(sample: &mut BmcSample, section: impl Into<String>, reason: impl fmt::Display) {
+/// Longest reason kept: reasons end up in Server conditions and Events.
+const MAX_REASON: usize = 256;
+
+fn fail(sample: &mut BmcSample, section: impl Into<String>, error: &impl Classified) {
+    let class = error.class();
+    let mut reason = error.to_string();
+    if reason.len() > MAX_REASON {
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
+        reason.truncate(cut);
+        reason.push('…');
+    }
     sample.errors.push(SectionError {
         section: section.into(),
-        reason: reason.to_string(),
+        class,
+        reason,
     });
 }
 
@@ -403,10 +554,10 @@ async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample
     let members = match root.systems().await {
         Ok(Some(c)) => match c.members().await {
             Ok(m) => m,
-            Err(e) => return fail(sample, "Systems", e),
+            Err(e) => return fail(sample, "Systems", &e),
         },
         Ok(None) => return,
-        Err(e) => return fail(sample, "Systems", e),
+        Err(e) => return fail(sample, "Systems", &e),
     };
     for system in members {
         let raw = system.raw();
@@ -433,7 +584,7 @@ async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample
         let storages = match system.storage_controllers().await {
             Ok(s) => s.unwrap_or_default(),
             Err(e) => {
-                fail(sample, section, e);
+                fail(sample, section, &e);
                 continue;
             }
         };
@@ -457,7 +608,7 @@ async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample
                         });
                     }
                 }
-                Err(e) => fail(sample, section.clone(), e),
+                Err(e) => fail(sample, section.clone(), &e),
             }
         }
     }
@@ -476,10 +627,10 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
     let members = match root.chassis().await {
         Ok(Some(c)) => match c.members().await {
             Ok(m) => m,
-            Err(e) => return fail(sample, "Chassis", e),
+            Err(e) => return fail(sample, "Chassis", &e),
         },
         Ok(None) => return,
-        Err(e) => return fail(sample, "Chassis", e),
+        Err(e) => return fail(sample, "Chassis", &e),
     };
     for ch in members {
         let raw = ch.raw();
@@ -513,7 +664,11 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                                 name,
                             });
                         }
-                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Temperatures"), e),
+                        Err(e) => fail(
+                            sample,
+                            format!("Chassis/{id}/Thermal/Temperatures"),
+                            &Nav(&e),
+                        ),
                     }
                 }
                 for nav in t.fans.iter().flatten() {
@@ -531,12 +686,12 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                             context: fan.physical_context.as_ref().map(name_of),
                             health: Health::of(fan.status.as_ref()).0,
                         }),
-                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), e),
+                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e)),
                     }
                 }
             }
             Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), e),
+            Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), &e),
         }
         match ch.power().await {
             Ok(Some(p)) => {
@@ -548,7 +703,9 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                                 cs.consumed_watts = Some(cs.consumed_watts.unwrap_or(0.0) + w);
                             }
                         }
-                        Err(e) => fail(sample, format!("Chassis/{id}/Power/PowerControl"), e),
+                        Err(e) => {
+                            fail(sample, format!("Chassis/{id}/Power/PowerControl"), &Nav(&e));
+                        }
                     }
                 }
                 for nav in p.power_supplies.iter().flatten() {
@@ -557,12 +714,16 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                             name: opt(psu.name.as_ref()).unwrap_or_else(|| psu.member_id.clone()),
                             health: Health::of(psu.status.as_ref()).0,
                         }),
-                        Err(e) => fail(sample, format!("Chassis/{id}/Power/PowerSupplies"), e),
+                        Err(e) => fail(
+                            sample,
+                            format!("Chassis/{id}/Power/PowerSupplies"),
+                            &Nav(&e),
+                        ),
                     }
                 }
             }
             Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/Power"), e),
+            Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
         }
         match ch.environment_metrics().await {
             Ok(Some(env)) => {
@@ -575,7 +736,7 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                 }
             }
             Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), e),
+            Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
         }
         cs.inlet_celsius = cs
             .temperatures
