@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,6 +45,8 @@ pub struct MockBmc {
     pub fault: Fault,
     /// Required basic-auth credentials; None accepts anything.
     pub credentials: Option<(String, String)>,
+    /// Counts requests answered (shared across BMCs when the same counter is given).
+    pub requests: Arc<AtomicU64>,
 }
 
 impl MockBmc {
@@ -53,6 +56,7 @@ impl MockBmc {
             latency: Duration::ZERO,
             fault: Fault::None,
             credentials: None,
+            requests: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -144,6 +148,7 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    bmc.requests.fetch_add(1, Ordering::Relaxed);
     if !bmc.latency.is_zero() {
         tokio::time::sleep(bmc.latency).await;
     }

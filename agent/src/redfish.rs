@@ -19,75 +19,144 @@ use nv_redfish::core::Bmc;
 use nv_redfish::quirks::{Match, RulesBmc, UserRule};
 use nv_redfish::schema::resource::{Health as RfHealth, Status};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use thiserror::Error;
 
 /// The BMC HTTP client used in production: nv-redfish's HTTP transport under our repairs.
 pub type HttpRedfish = RulesBmc<HttpBmc<Client>>;
 
 /// Repairs for documents real services send without fields the schema requires, which
-/// nv-redfish's typed model would otherwise refuse whole. Each is narrow: it only adds what
-/// is missing, never changes a value the BMC sent.
-pub fn repairs() -> Vec<UserRule> {
-    fn object(v: &mut Value) -> Option<&mut Map<String, Value>> {
-        v.as_object_mut()
+/// nv-redfish's typed model would otherwise refuse whole. Each is narrow: it only adds what is
+/// missing, never changes a value the BMC sent. (Type name, repair.)
+/// A document repair.
+pub type Repair = fn(Value) -> Value;
+
+pub const REPAIRS: &[(&str, Repair)] = &[
+    // sushy-emulator and several DMTF demo trees: ServiceRoot without Links.
+    ("ServiceRoot", repair_service_root_links),
+    // DMTF mockups: EnvironmentMetrics and Drives without Id or Name.
+    ("EnvironmentMetrics", repair_id_and_name),
+    ("Drive", repair_id_and_name),
+    // PDUs and power shelves: Chassis without ChassisType.
+    ("Chassis", repair_chassis_type),
+    // Legacy StorageControllers array items without MemberId (DMTF tower).
+    ("Storage", repair_storage_controller_member_ids),
+];
+
+fn repair_service_root_links(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.entry("Links").or_insert_with(
+            || json!({"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}),
+        );
     }
-    // DMTF mockups: EnvironmentMetrics and Drives without Id or Name; the Id is the last path
-    // segment and stands in for the Name.
-    let missing_id = ["EnvironmentMetrics", "Drive"].into_iter().map(|t| {
-        UserRule::new(format!("{t}-id-name"), Match::Type(t.into()), |mut v| {
-            let id = v
-                .get("@odata.id")
-                .and_then(Value::as_str)
-                .and_then(|p| p.rsplit('/').next())
-                .map(str::to_owned);
-            if let (Some(o), Some(id)) = (object(&mut v), id) {
-                o.entry("Name").or_insert_with(|| json!(id));
-                o.entry("Id").or_insert_with(|| json!(id));
+    v
+}
+
+/// The Id is the last `@odata.id` segment and stands in for the Name.
+fn repair_id_and_name(mut v: Value) -> Value {
+    let id = v
+        .get("@odata.id")
+        .and_then(Value::as_str)
+        .and_then(|p| p.rsplit('/').next())
+        .map(str::to_owned);
+    if let (Some(o), Some(id)) = (v.as_object_mut(), id) {
+        o.entry("Name").or_insert_with(|| json!(id));
+        o.entry("Id").or_insert_with(|| json!(id));
+    }
+    v
+}
+
+fn repair_chassis_type(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.entry("ChassisType").or_insert_with(|| json!("Other"));
+    }
+    v
+}
+
+fn repair_storage_controller_member_ids(mut v: Value) -> Value {
+    if let Some(items) = v
+        .get_mut("StorageControllers")
+        .and_then(Value::as_array_mut)
+    {
+        for (i, item) in items.iter_mut().enumerate() {
+            if let Some(o) = item.as_object_mut() {
+                o.entry("MemberId").or_insert_with(|| json!(i.to_string()));
             }
-            v
-        })
-    });
-    let mut rules = vec![
-        // sushy-emulator and several DMTF demo trees: ServiceRoot without Links.
-        UserRule::new(
-            "service-root-links",
-            Match::Type("ServiceRoot".into()),
-            |mut v| {
-                if let Some(o) = object(&mut v) {
-                    o.entry("Links").or_insert_with(|| json!({"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}));
-                }
-                v
-            },
-        ),
-        // PDUs and power shelves: Chassis without ChassisType.
-        UserRule::new("chassis-type", Match::Type("Chassis".into()), |mut v| {
-            if let Some(o) = object(&mut v) {
-                o.entry("ChassisType").or_insert_with(|| json!("Other"));
-            }
-            v
-        }),
-        // Legacy StorageControllers array items without MemberId (DMTF tower).
-        UserRule::new(
-            "storage-controller-member-id",
-            Match::Type("Storage".into()),
-            |mut v| {
-                if let Some(items) = v
-                    .get_mut("StorageControllers")
-                    .and_then(Value::as_array_mut)
-                {
-                    for (i, item) in items.iter_mut().enumerate() {
-                        if let Some(o) = object(item) {
-                            o.entry("MemberId").or_insert_with(|| json!(i.to_string()));
-                        }
-                    }
-                }
-                v
-            },
-        ),
+        }
+    }
+    v
+}
+
+/// The repairs as nv-redfish rules for the transport.
+pub fn repairs() -> Vec<UserRule> {
+    REPAIRS
+        .iter()
+        .map(|&(t, fix)| UserRule::new(format!("sovereign-{t}"), Match::Type(t.into()), fix))
+        .collect()
+}
+
+/// Kinds of document the collector decodes, for [`parse_document`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentKind {
+    ServiceRoot,
+    ComputerSystem,
+    Chassis,
+    Thermal,
+    Power,
+    EnvironmentMetrics,
+    Storage,
+    Drive,
+}
+
+impl DocumentKind {
+    pub const ALL: [DocumentKind; 8] = [
+        DocumentKind::ServiceRoot,
+        DocumentKind::ComputerSystem,
+        DocumentKind::Chassis,
+        DocumentKind::Thermal,
+        DocumentKind::Power,
+        DocumentKind::EnvironmentMetrics,
+        DocumentKind::Storage,
+        DocumentKind::Drive,
     ];
-    rules.extend(missing_id);
-    rules
+}
+
+/// Repairs and decodes one wire document as the collector would. Errors are values, never
+/// panics, whatever the bytes (fuzzed by `agent/fuzz`).
+pub fn parse_document(kind: DocumentKind, bytes: &[u8]) -> Result<(), String> {
+    use nv_redfish::schema as s;
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let type_name = format!("{kind:?}");
+    for (t, fix) in REPAIRS {
+        if *t == type_name {
+            value = fix(value);
+        }
+    }
+    let decoded = match kind {
+        DocumentKind::ServiceRoot => {
+            serde_json::from_value::<s::service_root::ServiceRoot>(value).map(drop)
+        }
+        DocumentKind::ComputerSystem => {
+            serde_json::from_value::<s::computer_system::ComputerSystem>(value).map(|cs| {
+                let _ = Health::of(cs.status.as_ref());
+            })
+        }
+        DocumentKind::Chassis => serde_json::from_value::<s::chassis::Chassis>(value).map(|c| {
+            let _ = c
+                .physical_security
+                .as_ref()
+                .and_then(|p| opt(p.intrusion_sensor.as_ref()))
+                .map(|i| name_of(&i));
+        }),
+        DocumentKind::Thermal => serde_json::from_value::<s::thermal::Thermal>(value).map(drop),
+        DocumentKind::Power => serde_json::from_value::<s::power::Power>(value).map(drop),
+        DocumentKind::EnvironmentMetrics => {
+            serde_json::from_value::<s::environment_metrics::EnvironmentMetrics>(value).map(drop)
+        }
+        DocumentKind::Storage => serde_json::from_value::<s::storage::Storage>(value).map(drop),
+        DocumentKind::Drive => serde_json::from_value::<s::drive::Drive>(value).map(drop),
+    };
+    decoded.map_err(|e| e.to_string())
 }
 
 /// How to reach one BMC. The password is never printed.

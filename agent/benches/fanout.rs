@@ -1,0 +1,159 @@
+//! BMC polling fan-out: `cargo bench -p sovereign-agent --bench fanout [-- --bmcs 1000 --latency-ms 3000]`.
+//!
+//! Starts N simulated BMCs on loopback (the DMTF rack-mount tree), every request answered after
+//! the given latency, and runs one poll cycle of the collector over all of them with a 55 s
+//! per-BMC deadline. Prints the cycle time, successes, per-BMC poll time percentiles, requests,
+//! and the process's CPU time and peak RSS (simulated BMCs included: one process, 2 cores).
+
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)] // figures for display
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sovereign_agent::mockbmc::{self, MockBmc};
+use sovereign_agent::poller::{Fleet, PollConfig};
+use sovereign_agent::redfish::Endpoint;
+
+fn arg(name: &str, default: u64) -> u64 {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (user+system CPU seconds, peak RSS KiB) of this process, from /proc.
+fn usage() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat; after the ")" they are at 11 and 12.
+    #[allow(clippy::cast_precision_loss)]
+    let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
+    sorted.get(i).map_or(0.0, Duration::as_secs_f64)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n = arg("--bmcs", 1000);
+    let latency = Duration::from_millis(arg("--latency-ms", 3000));
+    let concurrency = usize::try_from(arg("--concurrency", n)).unwrap_or(usize::MAX);
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if limit < n * 4 {
+        return Err(format!(
+            "open-file limit {limit} is too low for {n} BMCs (needs ~{}); raise it with ulimit -n",
+            n * 4
+        )
+        .into());
+    }
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/redfish-mockups/dmtf/public-rackmount1");
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut servers = Vec::new();
+    let mut targets = Vec::new();
+    for i in 0..n {
+        let mut bmc = MockBmc::new(&tree);
+        bmc.latency = latency;
+        bmc.requests = requests.clone();
+        let s = mockbmc::start(bmc).await?;
+        targets.push((
+            format!("bmc-{i:04}"),
+            Endpoint {
+                address: s.url(),
+                username: "root".into(),
+                password: "calvin".into(),
+                ca_bundle_pem: None,
+                insecure_skip_verify: false,
+                timeout: Duration::from_secs(30),
+            },
+        ));
+        servers.push(s);
+    }
+    let config = PollConfig {
+        concurrency,
+        deadline: Duration::from_secs(55),
+        ..PollConfig::default()
+    };
+    let mut fleet = Fleet::new(targets, config);
+    let (cpu0, _) = usage();
+    let start = Instant::now();
+    let report = fleet.poll_cycle(Instant::now()).await;
+    let wall = start.elapsed();
+    let (cpu1, rss) = usage();
+    let ok = report.outcomes.iter().filter(|o| o.result.is_ok()).count();
+    let mut times: Vec<Duration> = report.outcomes.iter().map(|o| o.elapsed).collect();
+    times.sort();
+    let reqs = requests.load(Ordering::Relaxed);
+    println!(
+        "fan-out: {n} BMCs, {} ms per request, concurrency {concurrency}",
+        latency.as_millis()
+    );
+    println!(
+        "  cycle: {:.1} s wall ({} within the 60 s cycle)",
+        wall.as_secs_f64(),
+        if wall < Duration::from_mins(1) {
+            "fits"
+        } else {
+            "DOES NOT fit"
+        }
+    );
+    println!("  polled OK: {ok}/{n}; failed: {}", n as usize - ok);
+    println!(
+        "  per-BMC poll: p50 {:.1} s, p99 {:.1} s, max {:.1} s; {reqs} requests ({:.1} per BMC)",
+        pct(&times, 0.5),
+        pct(&times, 0.99),
+        times.last().map_or(0.0, Duration::as_secs_f64),
+        reqs as f64 / n as f64
+    );
+    println!(
+        "  process (collector + {n} simulated BMCs): {:.1} s CPU, peak RSS {:.0} MiB",
+        cpu1 - cpu0,
+        rss as f64 / 1024.0
+    );
+    for o in report.outcomes.iter().filter(|o| o.result.is_err()).take(3) {
+        if let Err(e) = &o.result {
+            println!("  e.g. {}: {e}", o.name);
+        }
+    }
+    drop(servers);
+    Ok(())
+}
