@@ -1,0 +1,213 @@
+//! The operator's view of telemetry: the latest sample per (server, source), and notifications
+//! when something other than the timestamp changed.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::auth::Identity;
+use crate::proto::{Sample, sample::Body};
+
+/// Why a sample was not taken.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("server name {0:?} is not a valid object name")]
+    BadServer(String),
+    #[error("sample has no body")]
+    Empty,
+    #[error("observed {0} ms in the future")]
+    FromTheFuture(i64),
+    #[error("older than the sample already held")]
+    Stale,
+}
+
+/// Latest samples and change notifications. Cheap to share (`Arc<Hub>`).
+#[derive(Debug)]
+pub struct Hub {
+    latest: RwLock<HashMap<(String, i32), Sample>>,
+    changes: broadcast::Sender<String>,
+}
+
+/// Clock skew tolerated from agents.
+const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl Hub {
+    /// `notify_capacity` bounds the change queue; a slow subscriber misses old notifications
+    /// (it re-reads `latest`), it never holds memory for ever.
+    pub fn new(notify_capacity: usize) -> Self {
+        Self {
+            latest: RwLock::new(HashMap::new()),
+            changes: broadcast::channel(notify_capacity.max(1)).0,
+        }
+    }
+
+    /// Server names, once each, as their samples change meaningfully.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// The latest samples of a server (one per source).
+    pub fn latest(&self, server: &str) -> Vec<Sample> {
+        let map = self
+            .latest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<Sample> = map
+            .iter()
+            .filter(|((s, _), _)| s == server)
+            .map(|(_, v)| v.clone())
+            .collect();
+        out.sort_by_key(|s| s.source);
+        out
+    }
+
+    /// Number of (server, source) pairs held.
+    pub fn len(&self) -> usize {
+        self.latest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes a sample from an authenticated agent.
+    pub fn accept(&self, sample: Sample, from: &Identity) -> Result<(), Rejection> {
+        if !valid_name(&sample.server) {
+            return Err(Rejection::BadServer(sample.server));
+        }
+        if sample.body.is_none() {
+            return Err(Rejection::Empty);
+        }
+        let ahead = sample.observed_at_unix_ms - now_ms();
+        if ahead > MAX_FUTURE_MS {
+            return Err(Rejection::FromTheFuture(ahead));
+        }
+        let key = (sample.server.clone(), sample.source);
+        let changed = {
+            let mut map = self
+                .latest
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(held) = map.get(&key)
+                && held.observed_at_unix_ms > sample.observed_at_unix_ms
+            {
+                return Err(Rejection::Stale);
+            }
+            let changed = map
+                .get(&key)
+                .is_none_or(|held| !same_content(held, &sample));
+            map.insert(key, sample.clone());
+            changed
+        };
+        tracing::trace!(server = %sample.server, agent = %from.username, changed, "sample");
+        if changed {
+            // No subscriber is not an error: the operator may not be watching yet.
+            let _ = self.changes.send(sample.server);
+        }
+        Ok(())
+    }
+}
+
+/// Equal but for the timestamp.
+fn same_content(a: &Sample, b: &Sample) -> bool {
+    a.source == b.source
+        && a.body == b.body
+        && matches!(
+            (&a.body, &b.body),
+            (Some(Body::Bmc(_) | Body::Os(_) | Body::Failure(_)), Some(_))
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BmcSummary, Source};
+
+    fn bmc(server: &str, at: i64, watts: f64) -> Sample {
+        Sample {
+            server: server.into(),
+            source: Source::Redfish as i32,
+            observed_at_unix_ms: at,
+            body: Some(Body::Bmc(BmcSummary {
+                consumed_watts: Some(watts),
+                ..BmcSummary::default()
+            })),
+        }
+    }
+
+    fn agent() -> Identity {
+        Identity {
+            username: "system:serviceaccount:sovereign-system:sovereign-collector".into(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_latest_and_notifies_only_on_change() {
+        let hub = Hub::new(16);
+        let mut rx = hub.subscribe();
+        let t = now_ms();
+        hub.accept(bmc("hn1-r01-s01", t, 300.0), &agent()).unwrap();
+        hub.accept(bmc("hn1-r01-s01", t + 1000, 300.0), &agent())
+            .unwrap();
+        hub.accept(bmc("hn1-r01-s01", t + 2000, 320.0), &agent())
+            .unwrap();
+        assert_eq!(rx.try_recv().unwrap(), "hn1-r01-s01");
+        assert_eq!(rx.try_recv().unwrap(), "hn1-r01-s01", "320 W is a change");
+        assert!(
+            rx.try_recv().is_err(),
+            "a new timestamp alone is not a change"
+        );
+        assert_eq!(hub.latest("hn1-r01-s01")[0].observed_at_unix_ms, t + 2000);
+        assert_eq!(
+            hub.accept(bmc("hn1-r01-s01", t, 1.0), &agent()),
+            Err(Rejection::Stale)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_samples() {
+        let hub = Hub::default();
+        assert!(matches!(
+            hub.accept(bmc("Bad_Name", now_ms(), 1.0), &agent()),
+            Err(Rejection::BadServer(_))
+        ));
+        assert!(matches!(
+            hub.accept(bmc("s1", now_ms() + 3_600_000, 1.0), &agent()),
+            Err(Rejection::FromTheFuture(_))
+        ));
+        let mut empty = bmc("s1", now_ms(), 1.0);
+        empty.body = None;
+        assert_eq!(hub.accept(empty, &agent()), Err(Rejection::Empty));
+        assert!(hub.is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! Agent → operator telemetry over gRPC.
+//!
+//! - [`proto`]: the protocol (`proto/telemetry.proto`).
+//! - [`Hub`]: the operator side's state: the latest sample per server and source, and change
+//!   notifications, for status writing and placement.
+//! - [`serve`] / [`TelemetryService`]: the gRPC server; every stream is authenticated with a
+//!   bearer token checked by a [`TokenVerifier`] (Kubernetes TokenReview in clusters).
+//! - [`publisher`]: the agent side: a bounded buffer and a stream that reconnects with backoff.
+
+pub mod auth;
+pub mod hub;
+pub mod publisher;
+
+pub mod proto {
+    #![allow(clippy::pedantic, missing_debug_implementations)] // generated code
+    tonic::include_proto!("sovereign.telemetry.v1");
+}
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use auth::{AuthError, Identity, StaticTokens, TokenReviewVerifier, TokenVerifier};
+pub use hub::{Hub, Rejection};
+pub use proto::{PublishSummary, Sample};
+
+/// The gRPC service: authenticates each stream, then hands samples to the hub.
+#[derive(Debug)]
+pub struct TelemetryService<V> {
+    hub: Arc<Hub>,
+    verifier: Arc<V>,
+}
+
+impl<V: TokenVerifier> TelemetryService<V> {
+    pub fn new(hub: Arc<Hub>, verifier: Arc<V>) -> Self {
+        Self { hub, verifier }
+    }
+}
+
+fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+#[tonic::async_trait]
+impl<V: TokenVerifier> proto::telemetry_server::Telemetry for TelemetryService<V> {
+    async fn publish(
+        &self,
+        req: Request<Streaming<Sample>>,
+    ) -> Result<Response<PublishSummary>, Status> {
+        let identity = self
+            .verifier
+            .verify(bearer(&req)?)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let mut stream = req.into_inner();
+        let mut summary = PublishSummary::default();
+        while let Some(sample) = stream.message().await? {
+            match self.hub.accept(sample, &identity) {
+                Ok(()) => summary.accepted += 1,
+                Err(rejection) => {
+                    summary.rejected += 1;
+                    tracing::debug!(agent = %identity.username, %rejection, "sample rejected");
+                }
+            }
+        }
+        Ok(Response::new(summary))
+    }
+}
+
+/// Serves the telemetry service on `listener` until `shutdown` resolves.
+pub async fn serve<V: TokenVerifier>(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    verifier: Arc<V>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let service =
+        proto::telemetry_server::TelemetryServer::new(TelemetryService::new(hub, verifier))
+            // Samples are small; refuse anything that is not.
+            .max_decoding_message_size(64 * 1024);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,212 @@
+//! The stream end to end over loopback: authentication, refusal, reconnection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sovereign_telemetry::proto::{
+    BmcSummary, Source, sample::Body, telemetry_client::TelemetryClient,
+};
+use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_telemetry::{Hub, Sample, StaticTokens, serve};
+use tokio::net::TcpListener;
+
+const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn sample(server: &str, at: i64, watts: f64) -> Sample {
+    Sample {
+        server: server.into(),
+        source: Source::Redfish as i32,
+        observed_at_unix_ms: at,
+        body: Some(Body::Bmc(BmcSummary {
+            consumed_watts: Some(watts),
+            ..BmcSummary::default()
+        })),
+    }
+}
+
+/// An operator in its own runtime: dropping it kills the listener and every connection, as a
+/// process exit would (aborting only the accept loop leaves hyper's connection tasks running).
+struct Operator(Option<tokio::runtime::Runtime>);
+
+impl Operator {
+    fn start(addr: SocketAddr, hub: Arc<Hub>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let verifier = Arc::new(StaticTokens::new([(
+            "good-token".to_owned(),
+            AGENT.to_owned(),
+        )]));
+        rt.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            let _ = serve(listener, hub, verifier, std::future::pending()).await;
+        });
+        Self(Some(rt))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn config(addr: SocketAddr) -> PublisherConfig {
+    PublisherConfig {
+        endpoint: format!("http://{addr}"),
+        buffer: 64,
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(400),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_agent_streams_and_the_operator_keeps_the_latest() {
+    let addr = free_addr();
+    let hub = Arc::new(Hub::new(64));
+    let mut changes = hub.subscribe();
+    let server = Operator::start(addr, hub.clone());
+    let (publisher, task) = publisher::start(config(addr), || Some("good-token".into()));
+    let t = now_ms();
+    assert!(publisher.offer(sample("hn1-r01-s01", t, 310.0)));
+    assert!(publisher.offer(sample("hn1-r01-s02", t, 290.0)));
+    assert!(publisher.offer(sample("hn1-r01-s01", t + 1, 315.0)));
+    eventually("three samples", || {
+        hub.latest("hn1-r01-s01")
+            .first()
+            .is_some_and(|s| s.observed_at_unix_ms == t + 1)
+            && !hub.latest("hn1-r01-s02").is_empty()
+    })
+    .await;
+    let mut seen = Vec::new();
+    while let Ok(s) = changes.try_recv() {
+        seen.push(s);
+    }
+    assert_eq!(seen, ["hn1-r01-s01", "hn1-r01-s02", "hn1-r01-s01"]);
+    assert_eq!(publisher.stats().sent.load(Ordering::Relaxed), 3);
+    drop(publisher);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_refused_and_nothing_lands() {
+    let addr = free_addr();
+    let hub = Arc::new(Hub::new(64));
+    let server = Operator::start(addr, hub.clone());
+
+    // The raw call says why.
+    let mut client = TelemetryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![sample(
+        "hn1-r01-s01",
+        now_ms(),
+        1.0,
+    )]));
+    req.metadata_mut()
+        .insert("authorization", "Bearer stolen".parse().unwrap());
+    let status = client.publish(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let no_token = client
+        .publish(tokio_stream::iter(vec![sample(
+            "hn1-r01-s01",
+            now_ms(),
+            1.0,
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), tonic::Code::Unauthenticated);
+
+    // The publisher backs off and retries; still nothing lands.
+    let (publisher, task) = publisher::start(config(addr), || Some("stolen".into()));
+    publisher.offer(sample("hn1-r01-s01", now_ms(), 1.0));
+    eventually("a refusal", || {
+        publisher.stats().failures.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    publisher.offer(sample("hn1-r01-s01", now_ms(), 2.0));
+    eventually("a second refusal, after backoff", || {
+        publisher.stats().failures.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(hub.is_empty());
+    task.abort();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_when_the_operator_comes_back() {
+    let addr = free_addr();
+    let first = Arc::new(Hub::new(64));
+    let server = Operator::start(addr, first.clone());
+    let (publisher, task) = publisher::start(config(addr), || Some("good-token".into()));
+    let t = now_ms();
+    publisher.offer(sample("hn1-r01-s01", t, 100.0));
+    eventually("first sample", || !first.is_empty()).await;
+
+    // The operator goes away (restart, leader change) ...
+    drop(server);
+    publisher.offer(sample("hn1-r01-s01", t + 1, 101.0));
+    eventually("the broken stream to be noticed", || {
+        publisher.stats().failures.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+
+    // ... and comes back on the same address with an empty hub.
+    let second = Arc::new(Hub::new(64));
+    let server = Operator::start(addr, second.clone());
+    publisher.offer(sample("hn1-r01-s01", t + 2, 102.0));
+    eventually("samples after the restart", || {
+        second
+            .latest("hn1-r01-s01")
+            .first()
+            .is_some_and(|s| s.observed_at_unix_ms == t + 2)
+    })
+    .await;
+    assert!(publisher.stats().connects.load(Ordering::Relaxed) >= 2);
+    task.abort();
+    drop(server);
+}
