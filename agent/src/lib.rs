@@ -1,7 +1,9 @@
 //! Sovereign agent: node (OS) and BMC (Redfish) telemetry.
 
+pub mod convert;
 pub mod mockbmc;
 pub mod os;
 pub mod poller;
 pub mod redfish;
 pub mod report;
+pub mod roles;

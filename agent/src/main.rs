@@ -21,8 +21,58 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Debug)]
+struct StreamArgs {
+    /// Operator telemetry endpoint, e.g. http://sovereign-operator.sovereign-system:8443.
+    #[arg(long, env = "SOVEREIGN_OPERATOR")]
+    operator: String,
+    /// Projected ServiceAccount token (audience sovereign-telemetry); re-read on every connect.
+    #[arg(
+        long,
+        env = "SOVEREIGN_TOKEN_FILE",
+        default_value = "/var/run/secrets/sovereign/token"
+    )]
+    token_file: PathBuf,
+    /// Samples held while the operator is unreachable.
+    #[arg(long, default_value_t = 4096)]
+    buffer: usize,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Node role (DaemonSet): this host's OS telemetry, streamed to the operator.
+    Node {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// Name the samples are published under (the Kubernetes node name; the operator maps it
+        /// to the Server whose spec.nodeName matches).
+        #[arg(long, env = "NODE_NAME")]
+        server: String,
+        #[arg(long, default_value_t = 15)]
+        interval_seconds: u64,
+        /// Where the host's / is mounted.
+        #[arg(long, default_value = "/")]
+        host_root: PathBuf,
+    },
+    /// BMC role (collector on the management network): polls BMCs, streams to the operator.
+    Bmc {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// YAML list of {server, address, username, passwordFile, caBundleFile?, insecureSkipVerify?}.
+        #[arg(long)]
+        targets: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        interval_seconds: u64,
+        /// BMCs polled at once.
+        #[arg(long, default_value_t = 1024)]
+        concurrency: usize,
+        /// Deadline for one BMC's poll, seconds.
+        #[arg(long, default_value_t = 55)]
+        deadline_seconds: u64,
+        /// Per-request timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_seconds: u64,
+    },
     /// Read telemetry once and print it (no cluster needed).
     Collect {
         /// Exactly once (the streaming roles run in the cluster).
@@ -64,7 +114,95 @@ enum Output {
     Yaml,
 }
 
+fn publisher(
+    args: &StreamArgs,
+) -> (
+    sovereign_telemetry::publisher::Publisher,
+    tokio::task::JoinHandle<()>,
+) {
+    let token_file = args.token_file.clone();
+    sovereign_telemetry::publisher::start(
+        sovereign_telemetry::publisher::PublisherConfig {
+            endpoint: args.operator.clone(),
+            buffer: args.buffer,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_mins(2),
+            connect_timeout: Duration::from_secs(10),
+        },
+        move || {
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        },
+    )
+}
+
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
+    let command = match cli.command {
+        Command::Node {
+            stream,
+            server,
+            interval_seconds,
+            host_root,
+        } => {
+            let collector = OsCollector::new(host_root)?;
+            let (publisher, task) = publisher(&stream);
+            sovereign_agent::roles::run_node(
+                collector,
+                server,
+                publisher,
+                Duration::from_secs(interval_seconds),
+                stopped(),
+            )
+            .await;
+            task.abort();
+            return Ok(true);
+        }
+        Command::Bmc {
+            stream,
+            targets,
+            interval_seconds,
+            concurrency,
+            deadline_seconds,
+            timeout_seconds,
+        } => {
+            let path = targets.display().to_string();
+            let targets =
+                sovereign_agent::roles::load_targets(&path, Duration::from_secs(timeout_seconds))?;
+            let config = sovereign_agent::poller::PollConfig {
+                concurrency,
+                deadline: Duration::from_secs(deadline_seconds),
+                ..sovereign_agent::poller::PollConfig::default()
+            };
+            let fleet = sovereign_agent::poller::Fleet::new(targets, config);
+            let (publisher, task) = publisher(&stream);
+            sovereign_agent::roles::run_bmc(
+                fleet,
+                publisher,
+                Duration::from_secs(interval_seconds),
+                stopped(),
+            )
+            .await;
+            task.abort();
+            return Ok(true);
+        }
+        collect @ Command::Collect { .. } => collect,
+    };
     let Command::Collect {
         once: _,
         bmc,
@@ -76,7 +214,10 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         os,
         host_root,
         output,
-    } = cli.command;
+    } = command
+    else {
+        return Ok(false);
+    };
     if bmc.is_none() && !os {
         return Err("nothing to collect: give --bmc URL and/or --os".into());
     }
@@ -140,6 +281,12 @@ fn sysinfo_interval() -> Duration {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

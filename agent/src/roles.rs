@@ -1,0 +1,148 @@
+//! The long-running roles: `node` (this host's OS, every interval) and `bmc` (a fleet of BMCs,
+//! every cycle), both publishing through the telemetry stream.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use sovereign_telemetry::publisher::Publisher;
+use thiserror::Error;
+
+use crate::convert;
+use crate::os::{OsCollector, OsError};
+use crate::poller::{CycleReport, Fleet};
+use crate::redfish::Endpoint;
+
+/// Errors configuring a role.
+#[derive(Debug, Error)]
+pub enum RoleError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing targets {path}: {source}")]
+    Targets {
+        path: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error(transparent)]
+    Os(#[from] OsError),
+}
+
+/// One BMC to poll, as given in a targets file (the in-cluster source, Server objects and their
+/// credential Secrets, feeds the same shape).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// Server object name the samples are for.
+    pub server: String,
+    pub address: String,
+    pub username: String,
+    /// File holding the password (a mounted Secret key).
+    pub password_file: String,
+    #[serde(default)]
+    pub ca_bundle_file: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn read(path: &str) -> Result<String, RoleError> {
+    std::fs::read_to_string(path).map_err(|source| RoleError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a targets file and the secrets it points to.
+pub fn load_targets(path: &str, timeout: Duration) -> Result<Vec<(String, Endpoint)>, RoleError> {
+    let text = read(path)?;
+    let targets: Vec<Target> =
+        serde_yaml_ng::from_str(&text).map_err(|source| RoleError::Targets {
+            path: path.to_owned(),
+            source,
+        })?;
+    targets
+        .into_iter()
+        .map(|t| {
+            Ok((
+                t.server,
+                Endpoint {
+                    address: t.address,
+                    username: t.username,
+                    password: read(&t.password_file)?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned(),
+                    ca_bundle_pem: t.ca_bundle_file.as_deref().map(read).transpose()?,
+                    insecure_skip_verify: t.insecure_skip_verify,
+                    timeout,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// One BMC cycle: poll, then publish a summary or a failure per BMC polled.
+pub async fn bmc_cycle(fleet: &mut Fleet, publisher: &Publisher) -> CycleReport {
+    let report = fleet.poll_cycle(Instant::now()).await;
+    for o in &report.outcomes {
+        let sample = match &o.result {
+            Ok(s) => convert::bmc(&o.name, s),
+            Err(e) => convert::failure(&o.name, e, now_ms()),
+        };
+        publisher.offer(sample);
+    }
+    report
+}
+
+/// The bmc role until `stop` resolves: a cycle every `interval` (a slow cycle delays the next
+/// one instead of overlapping it).
+pub async fn run_bmc(
+    mut fleet: Fleet,
+    publisher: Publisher,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => {
+                let r = bmc_cycle(&mut fleet, &publisher).await;
+                let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
+                tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), "bmc cycle");
+            }
+        }
+    }
+}
+
+/// The node role until `stop` resolves.
+pub async fn run_node(
+    mut collector: OsCollector,
+    server: String,
+    publisher: Publisher,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = ticker.tick() => match collector.sample() {
+                Ok(s) => { publisher.offer(convert::os(&server, &s)); }
+                Err(e) => tracing::warn!(error = %e, "os sample failed"),
+            }
+        }
+    }
+}
