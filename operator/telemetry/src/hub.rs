@@ -2,13 +2,14 @@
 //! when something other than the timestamp changed.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use tokio::sync::broadcast;
 
 use crate::auth::Identity;
+use crate::metrics::{Metrics, Placement};
 use crate::proto::{Sample, sample::Body};
 
 /// Why a sample was not taken.
@@ -24,11 +25,23 @@ pub enum Rejection {
     Stale,
 }
 
+/// Maps a server name to its rack and site for metric labels.
+pub type Locate = Box<dyn Fn(&str) -> Placement + Send + Sync>;
+
 /// Latest samples and change notifications. Cheap to share (`Arc<Hub>`).
-#[derive(Debug)]
 pub struct Hub {
     latest: RwLock<HashMap<(String, i32), Sample>>,
     changes: broadcast::Sender<String>,
+    metrics: Option<(Arc<Metrics>, Locate)>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("held", &self.len())
+            .field("metrics", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Clock skew tolerated from agents.
@@ -65,7 +78,19 @@ impl Hub {
         Self {
             latest: RwLock::new(HashMap::new()),
             changes: broadcast::channel(notify_capacity.max(1)).0,
+            metrics: None,
         }
+    }
+
+    /// Also records every accepted sample in `metrics`, labelled by `locate`.
+    #[must_use]
+    pub fn with_metrics(
+        mut self,
+        metrics: Arc<Metrics>,
+        locate: impl Fn(&str) -> Placement + Send + Sync + 'static,
+    ) -> Self {
+        self.metrics = Some((metrics, Box::new(locate)));
+        self
     }
 
     /// Server names, once each, as their samples change meaningfully.
@@ -130,6 +155,9 @@ impl Hub {
             changed
         };
         tracing::trace!(server = %sample.server, agent = %from.username, changed, "sample");
+        if let Some((metrics, locate)) = &self.metrics {
+            metrics.observe(&sample, &locate(&sample.server));
+        }
         if changed {
             // No subscriber is not an error: the operator may not be watching yet.
             let _ = self.changes.send(sample.server);
@@ -192,6 +220,21 @@ mod tests {
             hub.accept(bmc("hn1-r01-s01", t, 1.0), &agent()),
             Err(Rejection::Stale)
         );
+    }
+
+    #[test]
+    fn accepted_samples_update_metrics() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(4).with_metrics(metrics.clone(), |server| Placement {
+            server: server.to_owned(),
+            rack: "hn1-r01".into(),
+            site: "hn1".into(),
+        });
+        hub.accept(bmc("hn1-r01-s01", now_ms(), 410.0), &agent())
+            .unwrap();
+        assert!(metrics.encode().contains(
+            r#"sovereign_server_power_watts{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 410.0"#
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod hub;
+pub mod metrics;
 pub mod publisher;
 
 pub mod proto {
