@@ -149,6 +149,9 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     bmc.requests.fetch_add(1, Ordering::Relaxed);
+    if std::env::var_os("SOVEREIGN_MOCKBMC_LOG").is_some() {
+        eprintln!("mockbmc: {method} {uri}");
+    }
     if !bmc.latency.is_zero() {
         tokio::time::sleep(bmc.latency).await;
     }

@@ -794,6 +794,59 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
             Ok(None) => {}
             Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
         }
+        // Subsystem-only platforms (no legacy Thermal/Power): temperatures from Sensors, PSUs
+        // from PowerSubsystem. Only then: reading sensors one by one is expensive on slow BMCs.
+        if cs.temperatures.is_empty() && raw.thermal.is_none() {
+            match ch.sensor_links().await {
+                Ok(Some(links)) => {
+                    for link in links {
+                        match link.fetch().await {
+                            Ok(sensor) => {
+                                let kind = sensor
+                                    .reading_type
+                                    .as_ref()
+                                    .and_then(Option::as_ref)
+                                    .map(name_of);
+                                let unit = opt(sensor.reading_units.as_ref());
+                                // ReadingType is optional; the UCUM unit is what BMCs fill in.
+                                if kind.as_deref() == Some("Temperature")
+                                    || unit.as_deref() == Some("Cel")
+                                {
+                                    cs.temperatures.push(Reading {
+                                        name: sensor.name.clone(),
+                                        value: opt(sensor.reading.as_ref()),
+                                        unit: "Cel".into(),
+                                        context: sensor
+                                            .physical_context
+                                            .as_ref()
+                                            .and_then(Option::as_ref)
+                                            .map(name_of),
+                                        health: Health::of(sensor.status.as_ref()).0,
+                                    });
+                                }
+                            }
+                            Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
+            }
+        }
+        if cs.power_supplies.is_empty() && raw.power.is_none() {
+            match ch.power_supplies().await {
+                Ok(psus) => {
+                    for psu in psus {
+                        let r = psu.raw();
+                        cs.power_supplies.push(Component {
+                            name: r.name.clone(),
+                            health: Health::of(r.status.as_ref()).0,
+                        });
+                    }
+                }
+                Err(e) => fail(sample, format!("Chassis/{id}/PowerSubsystem"), &e),
+            }
+        }
         match ch.environment_metrics().await {
             Ok(Some(env)) => {
                 let env = env.raw();
