@@ -2,10 +2,11 @@
 //! loopback, one listener per simulated BMC, with injectable latency and faults. Used by tests
 //! and benchmarks; never bind it to anything but 127.0.0.1 / ::1.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -47,6 +48,10 @@ pub struct MockBmc {
     pub credentials: Option<(String, String)>,
     /// Counts requests answered (shared across BMCs when the same counter is given).
     pub requests: Arc<AtomicU64>,
+    /// SessionService slots; 0 answers session logins with 503 (as BMCs out of slots do).
+    pub max_sessions: usize,
+    /// Open sessions: token -> session id. Shared so tests can watch for leaks or expire them.
+    pub sessions: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl MockBmc {
@@ -57,6 +62,8 @@ impl MockBmc {
             fault: Fault::None,
             credentials: None,
             requests: Arc::new(AtomicU64::new(0)),
+            max_sessions: 4,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
@@ -92,7 +99,16 @@ pub fn service_root(tree: &Path) -> PathBuf {
     }
 }
 
+fn open_sessions(bmc: &MockBmc) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    bmc.sessions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn authorised(bmc: &MockBmc, headers: &HeaderMap) -> bool {
+    if let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        return open_sessions(bmc).contains_key(token);
+    }
     let Some((user, pass)) = &bmc.credentials else {
         return true;
     };
@@ -142,11 +158,15 @@ fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     r
 }
 
+/// The SessionService collection every mock BMC answers logins on.
+const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+
 async fn handle(
     State(bmc): State<Arc<MockBmc>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     bmc.requests.fetch_add(1, Ordering::Relaxed);
     if std::env::var_os("SOVEREIGN_MOCKBMC_LOG").is_some() {
@@ -154,6 +174,28 @@ async fn handle(
     }
     if !bmc.latency.is_zero() {
         tokio::time::sleep(bmc.latency).await;
+    }
+    if method == Method::POST
+        && uri.path().trim_end_matches('/') == SESSIONS
+        && bmc.fault == Fault::None
+    {
+        return create_session(&bmc, &body);
+    }
+    if method == Method::DELETE
+        && let Some(id) = uri
+            .path()
+            .strip_prefix(SESSIONS)
+            .and_then(|r| r.trim_matches('/').parse::<u64>().ok())
+    {
+        let mut open = open_sessions(&bmc);
+        let before = open.len();
+        open.retain(|_, v| *v != id);
+        let status = if open.len() < before {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        return json(status, "");
     }
     if !authorised(&bmc, &headers) {
         let mut r = json(
@@ -251,6 +293,48 @@ fn wrong_types(body: &[u8]) -> Vec<u8> {
         }
         Err(_) => body.to_vec(),
     }
+}
+
+fn create_session(bmc: &MockBmc, body: &[u8]) -> Response {
+    let login: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let (user, pass) = (
+        login["UserName"].as_str().unwrap_or_default(),
+        login["Password"].as_str().unwrap_or_default(),
+    );
+    if bmc
+        .credentials
+        .as_ref()
+        .is_some_and(|(u, p)| u != user || p != pass)
+    {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"Base.1.0.NoValidSession"}}"#,
+        );
+    }
+    let mut open = open_sessions(bmc);
+    if open.len() >= bmc.max_sessions {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":{"code":"Base.1.0.SessionLimitExceeded"}}"#,
+        );
+    }
+    let id = open.values().max().map_or(1, |m| m + 1);
+    let token = format!("mock-token-{id}-{}", bmc.requests.load(Ordering::Relaxed));
+    open.insert(token.clone(), id);
+    let location = format!("/redfish/v1/SessionService/Sessions/{id}");
+    let doc = serde_json::json!({
+        "@odata.id": location, "@odata.type": "#Session.v1_0_0.Session",
+        "Id": id.to_string(), "Name": "User Session", "UserName": user
+    });
+    let mut r = json(StatusCode::CREATED, doc.to_string());
+    if let (Ok(t), Ok(l)) = (
+        HeaderValue::from_str(&token),
+        HeaderValue::from_str(&location),
+    ) {
+        r.headers_mut().insert("x-auth-token", t);
+        r.headers_mut().insert(header::LOCATION, l);
+    }
+    r
 }
 
 /// Starts one simulated BMC on an ephemeral loopback port.

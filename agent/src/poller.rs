@@ -92,10 +92,25 @@ impl PollError {
     }
 }
 
+/// How a BMC is authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Not settled: try a SessionService login at the next poll.
+    Unsettled,
+    /// A session is open; its token is sent instead of the password.
+    Session,
+    /// The BMC has no usable SessionService (absent, out of slots): basic auth on every request.
+    Basic,
+}
+
 /// One BMC in the fleet.
 pub struct Member {
     pub name: String,
-    client: Result<Arc<HttpRedfish>, String>,
+    endpoint: Endpoint,
+    /// Basic-auth client, built once; the fallback when sessions are not available.
+    basic: Result<Arc<HttpRedfish>, String>,
+    session: Option<redfish::SessionLogin>,
+    pub auth: Auth,
     pub backoff: Backoff,
     /// Cleared once the BMC refused `$expand`.
     pub use_expand: bool,
@@ -105,10 +120,11 @@ impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Member")
             .field("name", &self.name)
-            .field("client", &self.client.as_ref().map(|_| "HttpBmc"))
+            .field("endpoint", &self.endpoint)
+            .field("auth", &self.auth)
             .field("backoff", &self.backoff)
             .field("use_expand", &self.use_expand)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,6 +134,83 @@ pub struct Outcome {
     pub name: String,
     pub result: Result<BmcSample, PollError>,
     pub elapsed: Duration,
+}
+
+/// What one poll needs, moved into its task and back.
+struct Job {
+    endpoint: Endpoint,
+    basic: Result<Arc<HttpRedfish>, String>,
+    session: Option<redfish::SessionLogin>,
+    auth: Auth,
+    use_expand: bool,
+}
+
+impl Job {
+    fn lost() -> Self {
+        Self {
+            endpoint: Endpoint {
+                address: String::new(),
+                username: String::new(),
+                password: String::new(),
+                ca_bundle_pem: None,
+                insecure_skip_verify: false,
+                timeout: Duration::ZERO,
+            },
+            basic: Err("poll timed out".into()),
+            session: None,
+            auth: Auth::Unsettled,
+            use_expand: true,
+        }
+    }
+
+    /// Logs in if needed, polls, and re-logs in once when the session has expired.
+    async fn run(mut self) -> (Result<BmcSample, PollError>, Self) {
+        let basic = match &self.basic {
+            Ok(b) => b.clone(),
+            Err(config) => {
+                return (
+                    Err(PollError::Redfish(RedfishError::Client(config.clone()))),
+                    self,
+                );
+            }
+        };
+        for attempt in 0..2 {
+            if self.auth == Auth::Unsettled
+                || (self.auth == Auth::Session && self.session.is_none())
+            {
+                match redfish::login(&self.endpoint).await {
+                    Ok(login) => {
+                        self.session = Some(login);
+                        self.auth = Auth::Session;
+                    }
+                    // Wrong credentials: a session will not help, and retrying locks accounts.
+                    Err(e) if e.class() == FailureClass::Unauthorized => {
+                        return (Err(e.into()), self);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no Redfish session; using basic authentication");
+                        self.auth = Auth::Basic;
+                    }
+                }
+            }
+            let client = self
+                .session
+                .as_ref()
+                .map_or_else(|| basic.clone(), |s| s.client.clone());
+            let result = redfish::collect_with(client, self.use_expand)
+                .await
+                .map_err(PollError::from);
+            let expired = self.auth == Auth::Session
+                && matches!(&result, Err(e) if e.class() == FailureClass::Unauthorized);
+            if expired && attempt == 0 {
+                // Session expired or the BMC rebooted: log in again, once.
+                self.session = None;
+                continue;
+            }
+            return (result, self);
+        }
+        (Err(PollError::Task("unreachable".into())), self)
+    }
 }
 
 /// Fan-out settings.
@@ -166,14 +259,29 @@ impl Fleet {
             .into_iter()
             .map(|(name, ep)| Member {
                 backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
-                client: redfish::connect(&ep)
+                basic: redfish::connect(&ep)
                     .map(Arc::new)
                     .map_err(|e| e.to_string()),
+                session: None,
+                auth: Auth::Unsettled,
                 use_expand: true,
+                endpoint: ep,
                 name,
             })
             .collect();
         Self { members, config }
+    }
+
+    /// Deletes every open session (call on shutdown: leaked sessions exhaust BMC slots).
+    pub async fn logout(&mut self) {
+        for m in &mut self.members {
+            if let Some(login) = m.session.take() {
+                if let Err(e) = login.session.delete().await {
+                    tracing::debug!(bmc = %m.name, error = %e, "session logout failed");
+                }
+                m.auth = Auth::Unsettled;
+            }
+        }
     }
 
     pub fn members(&self) -> &[Member] {
@@ -185,42 +293,43 @@ impl Fleet {
         let semaphore = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         let mut report = CycleReport::default();
-        for (i, m) in self.members.iter().enumerate() {
+        for (i, m) in self.members.iter_mut().enumerate() {
             if !m.backoff.due(now) {
                 report.skipped.push(m.name.clone());
                 continue;
             }
-            let client = m.client.clone();
-            let use_expand = m.use_expand;
+            let job = Job {
+                endpoint: m.endpoint.clone(),
+                basic: m.basic.clone(),
+                session: m.session.take(),
+                auth: m.auth,
+                use_expand: m.use_expand,
+            };
             let deadline = self.config.deadline;
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let start = Instant::now();
-                let result = match (semaphore.acquire_owned().await, client) {
-                    (Err(e), _) => Err(PollError::Task(e.to_string())),
-                    (Ok(_permit), Err(config)) => {
-                        Err(PollError::Redfish(RedfishError::Client(config)))
-                    }
-                    (Ok(_permit), Ok(client)) => {
-                        match tokio::time::timeout(
-                            deadline,
-                            redfish::collect_with(client, use_expand),
-                        )
-                        .await
-                        {
-                            Ok(r) => r.map_err(PollError::from),
-                            Err(_) => Err(PollError::Timeout(deadline)),
-                        }
-                    }
+                let (result, job) = match semaphore.acquire_owned().await {
+                    Err(e) => (Err(PollError::Task(e.to_string())), job),
+                    Ok(_permit) => match tokio::time::timeout(deadline, job.run()).await {
+                        Ok(done) => done,
+                        // The job (and any session it opened) is lost with the timeout; the
+                        // BMC expires such a session on its own.
+                        Err(_) => (Err(PollError::Timeout(deadline)), Job::lost()),
+                    },
                 };
-                (i, result, start.elapsed())
+                (i, result, start.elapsed(), job)
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, result, elapsed)) = joined else {
+            let Ok((i, result, elapsed, job)) = joined else {
                 continue;
             };
             let member = &mut self.members[i];
+            if job.auth != Auth::Unsettled || job.session.is_some() {
+                member.auth = job.auth;
+            }
+            member.session = job.session;
             match &result {
                 Ok(sample) => {
                     member.backoff.on_success();

@@ -492,10 +492,94 @@ fn name_of<T: fmt::Debug>(v: &T) -> String {
     format!("{v:?}")
 }
 
+/// Builds the HTTP client for one endpoint with basic authentication.
+pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
+    connect_with(
+        ep,
+        BmcCredentials::new(ep.username.clone(), ep.password.clone()),
+    )
+}
+
+/// A Redfish session: the client that presents its token, and the session to delete on logout.
+pub struct SessionLogin {
+    pub client: Arc<HttpRedfish>,
+    pub session: nv_redfish::session_service::Session<HttpRedfish>,
+}
+
+impl fmt::Debug for SessionLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLogin")
+            .field("location", &self.session.location())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs in through the SessionService (one session per BMC, reused across polls: BMCs have few
+/// session slots and leaked sessions lock them out). Errors tell the caller to fall back to basic
+/// authentication, except `Unauthorized`, which means the credentials are wrong.
+pub async fn login(ep: &Endpoint) -> Result<SessionLogin, RedfishError> {
+    let basic = Arc::new(connect(ep)?);
+    let root = ServiceRoot::new(basic)
+        .await
+        .map_err(|e| RedfishError::ServiceRoot {
+            class: classify(&e),
+            message: e.to_string(),
+        })?;
+    let tree = |e: &nv_redfish::Error<HttpRedfish>| RedfishError::Tree {
+        class: classify(e),
+        message: e.to_string(),
+    };
+    let unsupported = || RedfishError::Tree {
+        class: FailureClass::NotFound,
+        message: "no SessionService".into(),
+    };
+    let service = root
+        .session_service()
+        .await
+        .map_err(|e| tree(&e))?
+        .ok_or_else(unsupported)?;
+    let sessions = service
+        .sessions()
+        .await
+        .map_err(|e| tree(&e))?
+        .ok_or_else(unsupported)?;
+    let create = nv_redfish::schema::session::SessionCreate {
+        user_name: ep.username.clone(),
+        password: ep.password.clone(),
+        oem: None,
+        id: None,
+        description: None,
+        name: None,
+        actions: None,
+        session_type: None,
+        oem_session_type: None,
+        client_origin_ip_address: None,
+        created_time: None,
+        context: None,
+        token: None,
+        roles: None,
+        links: None,
+        expiration_time: None,
+    };
+    let session = sessions
+        .create_session(&create)
+        .await
+        .map_err(|e| tree(&e))?;
+    let token = session
+        .auth_token()
+        .ok_or_else(|| RedfishError::Tree {
+            class: FailureClass::Protocol,
+            message: "session without X-Auth-Token".into(),
+        })?
+        .to_owned();
+    let client = Arc::new(connect_with(ep, BmcCredentials::token(token))?);
+    Ok(SessionLogin { client, session })
+}
+
 /// Builds the HTTP client for one endpoint: TLS verified against its CA bundle unless insecure
 /// is explicit, per-request timeout, no redirects (nv-redfish must never follow one to another
 /// origin with our credentials).
-pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
+fn connect_with(ep: &Endpoint, credentials: BmcCredentials) -> Result<HttpRedfish, RedfishError> {
     let url = url_of(&ep.address)?;
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
@@ -526,7 +610,7 @@ pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
     let http = HttpBmc::new(
         Client::with_client(client),
         url,
-        BmcCredentials::new(ep.username.clone(), ep.password.clone()),
+        credentials,
         CacheSettings::default(),
     );
     Ok(RulesBmc::new(http, repairs()))

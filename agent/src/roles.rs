@@ -115,7 +115,11 @@ pub async fn run_bmc(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = &mut stop => return,
+            () = &mut stop => {
+                // Leaked sessions exhaust BMC slots (iDRAC RAC0218): close ours.
+                fleet.logout().await;
+                return;
+            }
             _ = ticker.tick() => {
                 let r = bmc_cycle(&mut fleet, &publisher).await;
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
