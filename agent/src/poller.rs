@@ -272,16 +272,27 @@ impl Fleet {
         Self { members, config }
     }
 
-    /// Deletes every open session (call on shutdown: leaked sessions exhaust BMC slots).
+    /// Deletes every open session, all BMCs at once (call on shutdown: leaked sessions exhaust
+    /// BMC slots; one at a time would take hours on a slow fleet).
     pub async fn logout(&mut self) {
+        let mut tasks = JoinSet::new();
         for m in &mut self.members {
             if let Some(login) = m.session.take() {
-                if let Err(e) = login.session.delete().await {
-                    tracing::debug!(bmc = %m.name, error = %e, "session logout failed");
-                }
                 m.auth = Auth::Unsettled;
+                let name = m.name.clone();
+                let deadline = self.config.deadline;
+                tasks.spawn(async move {
+                    match tokio::time::timeout(deadline, login.session.delete()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(bmc = %name, error = %e, "session logout failed");
+                        }
+                        Err(_) => tracing::debug!(bmc = %name, "session logout timed out"),
+                    }
+                });
             }
         }
+        while tasks.join_next().await.is_some() {}
     }
 
     pub fn members(&self) -> &[Member] {
