@@ -70,6 +70,18 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
             .iter()
             .map(|e| format!("{}: {}", e.section, e.class))
             .collect(),
+        new_events: s
+            .events
+            .iter()
+            .map(|e| proto::Event {
+                log: e.log.clone(),
+                id: e.id.clone(),
+                created: e.created.clone().unwrap_or_default(),
+                severity: e.severity.clone().unwrap_or_default(),
+                message: e.message.clone().unwrap_or_default(),
+                message_id: e.message_id.clone().unwrap_or_default(),
+            })
+            .collect(),
     };
     proto::Sample {
         server: server.to_owned(),

@@ -114,6 +114,36 @@ pub struct Member {
     pub backoff: Backoff,
     /// Cleared once the BMC refused `$expand`.
     pub use_expand: bool,
+    /// Event log entries already reported (log|id|created); empty until the first poll sets the
+    /// baseline, so an agent restart does not replay a BMC's whole history.
+    seen_events: std::collections::HashSet<String>,
+    events_baselined: bool,
+}
+
+/// Seen-event keys kept per BMC before the baseline is taken again (bounds memory).
+const MAX_SEEN_EVENTS: usize = 20_000;
+
+impl Member {
+    /// Keeps only entries not reported before; the first poll only records the baseline.
+    fn new_events_only(&mut self, sample: &mut BmcSample) {
+        if self.seen_events.len() > MAX_SEEN_EVENTS {
+            self.seen_events.clear();
+            self.events_baselined = false;
+        }
+        let seen = &mut self.seen_events;
+        sample.events.retain(|e| {
+            seen.insert(format!(
+                "{}|{}|{}",
+                e.log,
+                e.id,
+                e.created.as_deref().unwrap_or("")
+            ))
+        });
+        if !self.events_baselined {
+            sample.events.clear();
+            self.events_baselined = true;
+        }
+    }
 }
 
 impl std::fmt::Debug for Member {
@@ -265,6 +295,8 @@ impl Fleet {
                 session: None,
                 auth: Auth::Unsettled,
                 use_expand: true,
+                seen_events: std::collections::HashSet::new(),
+                events_baselined: false,
                 endpoint: ep,
                 name,
             })
@@ -333,10 +365,13 @@ impl Fleet {
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, result, elapsed, job)) = joined else {
+            let Ok((i, mut result, elapsed, job)) = joined else {
                 continue;
             };
             let member = &mut self.members[i];
+            if let Ok(sample) = &mut result {
+                member.new_events_only(sample);
+            }
             if job.auth != Auth::Unsettled || job.session.is_some() {
                 member.auth = job.auth;
             }

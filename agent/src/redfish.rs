@@ -437,6 +437,22 @@ pub struct SystemSample {
     pub health_rollup: Health,
 }
 
+/// One system event log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvent {
+    /// The log it came from, e.g. `Managers/iDRAC.Embedded.1/Sel`.
+    pub log: String,
+    pub id: String,
+    pub created: Option<String>,
+    pub severity: Option<String>,
+    pub message: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// Entries kept per log per poll: the newest; older ones were reported by earlier polls.
+const MAX_EVENTS_PER_LOG: usize = 200;
+
 /// A section of the tree that could not be read, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SectionError {
@@ -457,6 +473,8 @@ pub struct BmcSample {
     pub errors: Vec<SectionError>,
     /// The BMC advertises `$expand` but refused it; poll it without.
     pub expand_refused: bool,
+    /// System event log entries (all this poll read; the poller keeps only new ones).
+    pub events: Vec<LogEvent>,
 }
 
 impl BmcSample {
@@ -679,7 +697,90 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
     };
     systems(root, &mut sample).await;
     chassis(root, bmc, &mut sample).await;
+    event_logs(root, &mut sample).await;
     sample
+}
+
+/// Whether a log service holds hardware events (SEL and its vendor names).
+fn is_event_log(id: &str, entry_type: Option<&str>) -> bool {
+    entry_type == Some("Sel")
+        || matches!(
+            id.to_ascii_lowercase().as_str(),
+            "sel" | "log" | "log1" | "iml" | "event"
+        )
+}
+
+async fn read_log<B: Bmc + 'static>(
+    owner: &str,
+    log: &nv_redfish::log_service::LogService<B>,
+    sample: &mut BmcSample,
+) {
+    let raw = log.raw();
+    let entry_type = raw
+        .log_entry_type
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(name_of);
+    if !is_event_log(&raw.id, entry_type.as_deref()) {
+        return;
+    }
+    let name = format!("{owner}/{}", raw.id);
+    match log.entries().await {
+        Ok(entries) => {
+            let entries = entries.unwrap_or_default();
+            let skip = entries.len().saturating_sub(MAX_EVENTS_PER_LOG);
+            for e in entries.iter().skip(skip) {
+                sample.events.push(LogEvent {
+                    log: name.clone(),
+                    id: e.id.clone(),
+                    created: e.created.as_ref().map(ToString::to_string),
+                    severity: e.severity.as_ref().and_then(Option::as_ref).map(name_of),
+                    message: opt(e.message.as_ref()),
+                    message_id: e.message_id.clone(),
+                });
+            }
+        }
+        Err(e) => fail(sample, format!("{name}/Entries"), &e),
+    }
+}
+
+/// System event logs under Systems and Managers.
+async fn event_logs<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample) {
+    if let Ok(Some(systems)) = root.systems().await
+        && let Ok(members) = systems.members().await
+    {
+        for system in members {
+            let owner = format!("Systems/{}", system.raw().id);
+            match system.log_services().await {
+                Ok(logs) => {
+                    for log in logs.unwrap_or_default() {
+                        read_log(&owner, &log, sample).await;
+                    }
+                }
+                Err(e) => fail(sample, format!("{owner}/LogServices"), &e),
+            }
+        }
+    }
+    match root.managers().await {
+        Ok(Some(managers)) => match managers.members().await {
+            Ok(members) => {
+                for manager in members {
+                    let owner = format!("Managers/{}", manager.raw().id);
+                    match manager.log_services().await {
+                        Ok(logs) => {
+                            for log in logs.unwrap_or_default() {
+                                read_log(&owner, &log, sample).await;
+                            }
+                        }
+                        Err(e) => fail(sample, format!("{owner}/LogServices"), &e),
+                    }
+                }
+            }
+            Err(e) => fail(sample, "Managers", &e),
+        },
+        Ok(None) => {}
+        Err(e) => fail(sample, "Managers", &e),
+    }
 }
 
 /// Longest reason kept: reasons end up in Server conditions and Events.

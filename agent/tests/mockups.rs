@@ -279,3 +279,95 @@ async fn subsystem_only_platforms_use_sensors_and_power_subsystem() {
     assert!(!ch.power_supplies.is_empty(), "PSUs from PowerSubsystem");
     assert!(ch.consumed_watts.is_some(), "watts from EnvironmentMetrics");
 }
+
+#[tokio::test]
+async fn event_logs_are_read() {
+    let dell = tree("vendor/dell").await;
+    let sel: Vec<_> = dell
+        .events
+        .iter()
+        .filter(|e| e.log == "Managers/iDRAC.Embedded.1/Sel")
+        .collect();
+    assert!(!sel.is_empty(), "Dell SEL entries");
+    assert!(
+        sel.iter()
+            .all(|e| e.created.is_some() && e.severity.is_some()),
+        "{sel:?}"
+    );
+    let rack = tree("dmtf/public-rackmount1").await;
+    let log1: Vec<_> = rack
+        .events
+        .iter()
+        .filter(|e| e.log == "Systems/437XR1138R2/Log1")
+        .collect();
+    assert_eq!(log1.len(), 2);
+    assert_eq!(
+        log1[0].message.as_deref(),
+        Some("Temperature threshold exceeded")
+    );
+    assert_eq!(log1[0].severity.as_deref(), Some("Critical"));
+}
+
+#[tokio::test]
+async fn the_poller_reports_only_new_event_log_entries() {
+    use sovereign_agent::poller::{Fleet, PollConfig};
+    let dir = std::env::temp_dir().join(format!("sovereign-sel-{}", std::process::id()));
+    copy_tree(&mockups().join("dmtf/public-rackmount1"), &dir);
+    let bmc = mockbmc::start(MockBmc::new(&dir)).await.unwrap();
+    let ep = Endpoint {
+        address: bmc.url(),
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(10),
+    };
+    let mut fleet = Fleet::new(vec![("s1".into(), ep)], PollConfig::default());
+    let events = |r: &sovereign_agent::poller::CycleReport| {
+        r.outcomes[0].result.as_ref().unwrap().events.clone()
+    };
+
+    let first = fleet.poll_cycle(std::time::Instant::now()).await;
+    assert!(
+        events(&first).is_empty(),
+        "the first poll is the baseline, not a replay of history"
+    );
+
+    // The BMC logs a new entry.
+    let entries = dir.join("Systems/437XR1138R2/LogServices/Log1/Entries");
+    let mut collection: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entries.join("index.json")).unwrap()).unwrap();
+    let mut entry = collection["Members"][1].clone();
+    entry["Id"] = "3".into();
+    entry["@odata.id"] = "/redfish/v1/Systems/437XR1138R2/LogServices/Log1/Entries/3".into();
+    entry["Created"] = "2026-11-24T01:00:00Z".into();
+    entry["Message"] = "Chassis intrusion detected".into();
+    collection["Members"]
+        .as_array_mut()
+        .unwrap()
+        .push(entry.clone());
+    collection["Members@odata.count"] = 3.into();
+    std::fs::create_dir_all(entries.join("3")).unwrap();
+    std::fs::write(
+        entries.join("3/index.json"),
+        serde_json::to_vec(&entry).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        entries.join("index.json"),
+        serde_json::to_vec(&collection).unwrap(),
+    )
+    .unwrap();
+
+    let second = fleet.poll_cycle(std::time::Instant::now()).await;
+    let new = events(&second);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].id, "3");
+    assert_eq!(
+        new[0].message.as_deref(),
+        Some("Chassis intrusion detected")
+    );
+    let third = fleet.poll_cycle(std::time::Instant::now()).await;
+    assert!(events(&third).is_empty(), "reported once");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
