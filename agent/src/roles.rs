@@ -89,6 +89,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
+/// A ticker where a slow round delays the next one instead of bunching up.
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(interval);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 /// One BMC cycle: poll, then publish a summary or a failure per BMC polled.
 pub async fn bmc_cycle(fleet: &mut Fleet, publisher: &Publisher) -> CycleReport {
     let report = fleet.poll_cycle(Instant::now()).await;
@@ -111,8 +118,7 @@ pub async fn run_bmc(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = ticker(interval);
     loop {
         tokio::select! {
             () = &mut stop => {
@@ -138,8 +144,7 @@ pub async fn run_node(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = ticker(interval);
     loop {
         tokio::select! {
             () = &mut stop => return,

@@ -218,12 +218,11 @@ pub struct Report {
 
 fn existing(
     placer: &mut Placer,
-    id: &str,
     req: &Request,
-    servers: impl Iterator<Item = String>,
+    names: &[String],
     rows: &mut Vec<Row>,
 ) -> Result<bool, PlanError> {
-    let names: Vec<String> = servers.collect();
+    let id = req.consumer.as_str();
     if names.is_empty() {
         return Ok(false);
     }
@@ -346,35 +345,26 @@ pub fn plan(objects: &Objects, opts: &Options) -> Result<Report, PlanError> {
     let mut placer = Placer::new(inv, opts.strategy);
     let mut rows = Vec::new();
     let mut pending = Vec::new();
-    for v in &objects.volumes {
-        let req = from_crds::volume_request(v, &tenants, &opts.power)?;
-        let recorded = v
+    // Volumes and instances alike: (request, servers already holding its replicas).
+    let volumes = objects.volumes.iter().map(|v| {
+        let recorded: Vec<String> = v
             .status
             .iter()
-            .flat_map(|s| s.replicas.iter().map(|r| r.server.clone()));
-        if !existing(
-            &mut placer,
-            &req.consumer.clone(),
-            &req,
-            recorded,
-            &mut rows,
-        )? {
-            pending.push(req);
-        }
-    }
-    for c in &objects.instances {
-        let req = from_crds::instance_request(c, &tenants, &opts.power)?;
-        let recorded = c
+            .flat_map(|s| s.replicas.iter().map(|r| r.server.clone()))
+            .collect();
+        from_crds::volume_request(v, &tenants, &opts.power).map(|req| (req, recorded))
+    });
+    let instances = objects.instances.iter().map(|c| {
+        let recorded: Vec<String> = c
             .status
             .iter()
-            .flat_map(|s| s.replicas.iter().map(|r| r.server.clone()));
-        if !existing(
-            &mut placer,
-            &req.consumer.clone(),
-            &req,
-            recorded,
-            &mut rows,
-        )? {
+            .flat_map(|s| s.replicas.iter().map(|r| r.server.clone()))
+            .collect();
+        from_crds::instance_request(c, &tenants, &opts.power).map(|req| (req, recorded))
+    });
+    for item in volumes.chain(instances) {
+        let (req, recorded) = item?;
+        if !existing(&mut placer, &req, &recorded, &mut rows)? {
             pending.push(req);
         }
     }

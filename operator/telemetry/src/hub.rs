@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Identity;
 use crate::metrics::{Metrics, Placement};
-use crate::proto::{Sample, sample::Body};
+use crate::proto::Sample;
 
 /// Why a sample was not taken.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -168,18 +168,13 @@ impl Hub {
 
 /// Equal but for the timestamp.
 fn same_content(a: &Sample, b: &Sample) -> bool {
-    a.source == b.source
-        && a.body == b.body
-        && matches!(
-            (&a.body, &b.body),
-            (Some(Body::Bmc(_) | Body::Os(_) | Body::Failure(_)), Some(_))
-        )
+    a.source == b.source && a.body == b.body
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{BmcSummary, Source};
+    use crate::proto::{BmcSummary, Source, sample::Body};
 
     fn bmc(server: &str, at: i64, watts: f64) -> Sample {
         Sample {
