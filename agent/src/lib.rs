@@ -7,3 +7,4 @@ pub mod poller;
 pub mod redfish;
 pub mod report;
 pub mod roles;
+pub mod transport;

@@ -30,8 +30,11 @@ pub enum Fault {
     MalformedJson,
     /// JSON whose fields have the wrong types (numbers as objects, strings as numbers).
     WrongTypes,
-    /// A body of this many bytes.
+    /// The real document behind this many bytes of leading whitespace (valid JSON, so only a
+    /// size cap refuses it), sent with a Content-Length.
     HugeBody(usize),
+    /// As `HugeBody`, streamed in chunks without a Content-Length.
+    HugeChunked(usize),
     /// HTML error page from a JSON URI (Supermicro-style).
     HtmlPage,
 }
@@ -237,8 +240,7 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
             return r;
         }
-        Fault::HugeBody(n) => return json(StatusCode::OK, vec![b' '; *n]),
-        Fault::WrongTypes | Fault::None => {}
+        Fault::WrongTypes | Fault::None | Fault::HugeBody(_) | Fault::HugeChunked(_) => {}
     }
     if method != Method::GET {
         return json(StatusCode::METHOD_NOT_ALLOWED, "{}");
@@ -256,7 +258,26 @@ async fn handle(
     let file = service_root(&bmc.tree).join(rest).join("index.json");
     match tokio::fs::read(&file).await {
         Ok(body) if bmc.fault == Fault::WrongTypes => json(StatusCode::OK, wrong_types(&body)),
-        Ok(body) => json(StatusCode::OK, body),
+        Ok(body) => match bmc.fault {
+            Fault::HugeBody(n) => {
+                let mut padded = vec![b' '; n];
+                padded.extend_from_slice(&body);
+                json(StatusCode::OK, padded)
+            }
+            Fault::HugeChunked(n) => {
+                let chunks =
+                    std::iter::repeat_n(bytes::Bytes::from(vec![b' '; 64 << 10]), n / (64 << 10))
+                        .chain(std::iter::once(bytes::Bytes::from(body)))
+                        .map(Ok::<_, std::convert::Infallible>);
+                let mut r = Response::new(Body::from_stream(tokio_stream::iter(chunks)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            _ => json(StatusCode::OK, body),
+        },
         Err(_) => json(
             StatusCode::NOT_FOUND,
             r#"{"error":{"code":"Base.1.0.ResourceMissingAtURI"}}"#,

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::redfish::{self, BmcSample, Endpoint, FailureClass, HttpRedfish, RedfishError};
+use crate::transport::RetryHint;
 
 /// Exponential backoff per BMC, capped, with deterministic jitter (no RNG: spreads BMCs by name
 /// so a rack that failed together does not retry together).
@@ -50,8 +51,19 @@ impl Backoff {
         self.next_allowed = None;
     }
 
-    /// Records a failure and returns how long to wait before the next try.
-    pub fn on_failure(&mut self, class: FailureClass, now: Instant) -> Duration {
+    /// When the next poll may happen (None: now).
+    pub fn next_allowed(&self) -> Option<Instant> {
+        self.next_allowed
+    }
+
+    /// Records a failure and returns how long to wait before the next try: never less than
+    /// the `Retry-After` the BMC asked for, if it did.
+    pub fn on_failure(
+        &mut self,
+        class: FailureClass,
+        now: Instant,
+        retry_after: Option<Duration>,
+    ) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let delay = match class {
             // Bad credentials: a retry loop locks the account out on many BMCs.
@@ -66,6 +78,7 @@ impl Backoff {
             u32::try_from(self.jitter_seed.rotate_left(self.failures) % 200).unwrap_or(0),
         ) / 1000.0;
         let delay = delay.mul_f64(1.0 + spread).min(self.cap.mul_f64(1.2));
+        let delay = delay.max(retry_after.unwrap_or_default());
         self.next_allowed = Some(now + delay);
         delay
     }
@@ -110,6 +123,8 @@ pub struct Member {
     /// Basic-auth client, built once; the fallback when sessions are not available.
     basic: Result<Arc<HttpRedfish>, String>,
     session: Option<redfish::SessionLogin>,
+    /// `Retry-After` from this BMC's last busy answer, shared with its clients.
+    hint: RetryHint,
     pub auth: Auth,
     pub backoff: Backoff,
     /// Cleared once the BMC refused `$expand`.
@@ -169,6 +184,7 @@ pub struct Outcome {
 /// What one poll needs, moved into its task and back.
 struct Job {
     endpoint: Endpoint,
+    hint: RetryHint,
     basic: Result<Arc<HttpRedfish>, String>,
     session: Option<redfish::SessionLogin>,
     auth: Auth,
@@ -186,6 +202,7 @@ impl Job {
                 insecure_skip_verify: false,
                 timeout: Duration::ZERO,
             },
+            hint: RetryHint::default(),
             basic: Err("poll timed out".into()),
             session: None,
             auth: Auth::Unsettled,
@@ -208,7 +225,7 @@ impl Job {
             if self.auth == Auth::Unsettled
                 || (self.auth == Auth::Session && self.session.is_none())
             {
-                match redfish::login(&self.endpoint).await {
+                match redfish::login(&self.endpoint, &self.hint).await {
                     Ok(login) => {
                         self.session = Some(login);
                         self.auth = Auth::Session;
@@ -287,18 +304,22 @@ impl Fleet {
     pub fn new(targets: Vec<(String, Endpoint)>, config: PollConfig) -> Self {
         let members = targets
             .into_iter()
-            .map(|(name, ep)| Member {
-                backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
-                basic: redfish::connect(&ep)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string()),
-                session: None,
-                auth: Auth::Unsettled,
-                use_expand: true,
-                seen_events: std::collections::HashSet::new(),
-                events_baselined: false,
-                endpoint: ep,
-                name,
+            .map(|(name, ep)| {
+                let hint = RetryHint::default();
+                Member {
+                    backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
+                    basic: redfish::connect_hinted(&ep, &hint)
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string()),
+                    session: None,
+                    hint,
+                    auth: Auth::Unsettled,
+                    use_expand: true,
+                    seen_events: std::collections::HashSet::new(),
+                    events_baselined: false,
+                    endpoint: ep,
+                    name,
+                }
             })
             .collect();
         Self { members, config }
@@ -343,6 +364,7 @@ impl Fleet {
             }
             let job = Job {
                 endpoint: m.endpoint.clone(),
+                hint: m.hint.clone(),
                 basic: m.basic.clone(),
                 session: m.session.take(),
                 auth: m.auth,
@@ -378,13 +400,16 @@ impl Fleet {
             member.session = job.session;
             match &result {
                 Ok(sample) => {
+                    member.hint.take();
                     member.backoff.on_success();
                     if sample.expand_refused {
                         member.use_expand = false;
                     }
                 }
                 Err(e) => {
-                    member.backoff.on_failure(e.class(), Instant::now());
+                    member
+                        .backoff
+                        .on_failure(e.class(), Instant::now(), member.hint.take());
                 }
             }
             report.outcomes.push(Outcome {
@@ -407,9 +432,9 @@ mod tests {
         let now = Instant::now();
         let mut b = Backoff::new(Duration::from_secs(10), Duration::from_mins(5), "bmc-a");
         assert!(b.due(now));
-        let d1 = b.on_failure(FailureClass::Transport, now);
+        let d1 = b.on_failure(FailureClass::Transport, now, None);
         assert!(!b.due(now) && b.due(now + d1));
-        let d2 = b.on_failure(FailureClass::Transport, now);
+        let d2 = b.on_failure(FailureClass::Transport, now, None);
         assert!(
             d1 >= Duration::from_secs(10) && d1 <= Duration::from_secs(12),
             "{d1:?}"
@@ -419,7 +444,7 @@ mod tests {
             "{d2:?}"
         );
         for _ in 0..20 {
-            let d = b.on_failure(FailureClass::ServerError, now);
+            let d = b.on_failure(FailureClass::ServerError, now, None);
             assert!(d <= Duration::from_mins(6), "{d:?}");
         }
         b.on_success();
@@ -430,7 +455,7 @@ mod tests {
     fn bad_credentials_back_off_to_the_cap_at_once() {
         let now = Instant::now();
         let mut b = Backoff::new(Duration::from_secs(10), Duration::from_mins(10), "bmc-b");
-        assert!(b.on_failure(FailureClass::Unauthorized, now) >= Duration::from_mins(10));
+        assert!(b.on_failure(FailureClass::Unauthorized, now, None) >= Duration::from_mins(10));
     }
 
     #[test]
@@ -443,7 +468,7 @@ mod tests {
                     Duration::from_mins(10),
                     &format!("bmc-{i}"),
                 )
-                .on_failure(FailureClass::Transport, now)
+                .on_failure(FailureClass::Transport, now, None)
             })
             .collect();
         assert!(delays.len() > 10, "{delays:?}");

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nv_redfish::ServiceRoot;
-use nv_redfish::bmc_http::reqwest::Client;
 use nv_redfish::bmc_http::{BmcCredentials, CacheSettings, HttpBmc};
 use nv_redfish::core::Bmc;
 use nv_redfish::quirks::{Match, RulesBmc, UserRule};
@@ -22,8 +21,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::transport::{MAX_BODY_BYTES, RetryHint, Transport};
+
 /// The BMC HTTP client used in production: nv-redfish's HTTP transport under our repairs.
-pub type HttpRedfish = RulesBmc<HttpBmc<Client>>;
+pub type HttpRedfish = RulesBmc<HttpBmc<Transport>>;
 
 /// Repairs for documents real services send without fields the schema requires, which
 /// nv-redfish's typed model would otherwise refuse whole. Each is narrow: it only adds what is
@@ -512,9 +513,15 @@ fn name_of<T: fmt::Debug>(v: &T) -> String {
 
 /// Builds the HTTP client for one endpoint with basic authentication.
 pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
+    connect_hinted(ep, &RetryHint::default())
+}
+
+/// As [`connect`], recording the BMC's `Retry-After` answers in `hint`.
+pub fn connect_hinted(ep: &Endpoint, hint: &RetryHint) -> Result<HttpRedfish, RedfishError> {
     connect_with(
         ep,
         BmcCredentials::new(ep.username.clone(), ep.password.clone()),
+        hint,
     )
 }
 
@@ -535,8 +542,8 @@ impl fmt::Debug for SessionLogin {
 /// Logs in through the SessionService (one session per BMC, reused across polls: BMCs have few
 /// session slots and leaked sessions lock them out). Errors tell the caller to fall back to basic
 /// authentication, except `Unauthorized`, which means the credentials are wrong.
-pub async fn login(ep: &Endpoint) -> Result<SessionLogin, RedfishError> {
-    let basic = Arc::new(connect(ep)?);
+pub async fn login(ep: &Endpoint, hint: &RetryHint) -> Result<SessionLogin, RedfishError> {
+    let basic = Arc::new(connect_hinted(ep, hint)?);
     let root = ServiceRoot::new(basic)
         .await
         .map_err(|e| RedfishError::ServiceRoot {
@@ -590,14 +597,18 @@ pub async fn login(ep: &Endpoint) -> Result<SessionLogin, RedfishError> {
             message: "session without X-Auth-Token".into(),
         })?
         .to_owned();
-    let client = Arc::new(connect_with(ep, BmcCredentials::token(token))?);
+    let client = Arc::new(connect_with(ep, BmcCredentials::token(token), hint)?);
     Ok(SessionLogin { client, session })
 }
 
 /// Builds the HTTP client for one endpoint: TLS verified against its CA bundle unless insecure
 /// is explicit, per-request timeout, no redirects (nv-redfish must never follow one to another
 /// origin with our credentials).
-fn connect_with(ep: &Endpoint, credentials: BmcCredentials) -> Result<HttpRedfish, RedfishError> {
+fn connect_with(
+    ep: &Endpoint,
+    credentials: BmcCredentials,
+    hint: &RetryHint,
+) -> Result<HttpRedfish, RedfishError> {
     let url = url_of(&ep.address)?;
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
@@ -626,7 +637,7 @@ fn connect_with(ep: &Endpoint, credentials: BmcCredentials) -> Result<HttpRedfis
         .build()
         .map_err(|e| RedfishError::Client(e.to_string()))?;
     let http = HttpBmc::new(
-        Client::with_client(client),
+        Transport::new(client, MAX_BODY_BYTES, hint.clone()),
         url,
         credentials,
         CacheSettings::default(),

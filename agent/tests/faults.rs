@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sovereign_agent::mockbmc::{self, Fault, MockBmc, Running};
 use sovereign_agent::poller::{Fleet, PollConfig};
 use sovereign_agent::redfish::{Endpoint, FailureClass};
+use sovereign_agent::transport::MAX_BODY_BYTES;
 
 fn rackmount() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -82,9 +83,21 @@ async fn every_fault_is_one_bmcs_problem() {
         ),
         (
             "huge",
-            Fault::HugeBody(8 << 20),
+            Fault::HugeBody(MAX_BODY_BYTES + 1),
             Duration::ZERO,
             Some(FailureClass::Protocol),
+        ),
+        (
+            "huge-chunked",
+            Fault::HugeChunked(MAX_BODY_BYTES + (1 << 20)),
+            Duration::ZERO,
+            Some(FailureClass::Protocol),
+        ),
+        (
+            "padded-but-small",
+            Fault::HugeBody(1 << 20),
+            Duration::ZERO,
+            None,
         ),
         (
             "html",
@@ -149,6 +162,11 @@ async fn every_fault_is_one_bmcs_problem() {
             ),
         }
     }
+    for huge in ["huge", "huge-chunked"] {
+        let o = report.outcomes.iter().find(|o| o.name == huge).unwrap();
+        let e = o.result.as_ref().unwrap_err().to_string();
+        assert!(e.contains("larger than 16777216 bytes"), "{huge}: {e}");
+    }
     let slow = report.outcomes.iter().find(|o| o.name == "slow").unwrap();
     assert!(
         slow.elapsed < Duration::from_secs(2),
@@ -158,10 +176,51 @@ async fn every_fault_is_one_bmcs_problem() {
 
     // Failed BMCs back off; the healthy one is polled again at once.
     let again = fleet.poll_cycle(Instant::now()).await;
-    assert_eq!(again.outcomes.len(), 1);
-    assert_eq!(again.outcomes[0].name, "healthy");
-    assert_eq!(again.skipped.len(), cases.len() + 1);
+    let polled: Vec<&str> = again.outcomes.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(polled, ["healthy", "padded-but-small"]);
+    assert_eq!(again.skipped.len(), cases.len());
     drop(servers);
+}
+
+#[tokio::test]
+async fn a_busy_bmc_is_left_alone_for_as_long_as_it_asks() {
+    let busy = bmc(
+        Fault::Unavailable {
+            retry_after_seconds: 600,
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let flaky = bmc(Fault::Status(503), Duration::ZERO).await;
+    let config = PollConfig {
+        backoff_base: Duration::from_secs(1),
+        ..PollConfig::default()
+    };
+    let mut fleet = Fleet::new(
+        vec![
+            ("busy".into(), endpoint(busy.url(), "root", "calvin")),
+            ("flaky".into(), endpoint(flaky.url(), "root", "calvin")),
+        ],
+        config,
+    );
+    let start = Instant::now();
+    let report = fleet.poll_cycle(start).await;
+    assert!(report.outcomes.iter().all(|o| o.result.is_err()));
+    let wait = |name: &str| {
+        let m = fleet.members().iter().find(|m| m.name == name).unwrap();
+        m.backoff.next_allowed().unwrap() - start
+    };
+    // Retry-After: 600 wins over the 1 s backoff; without it the backoff is its own.
+    assert!(
+        wait("busy") >= Duration::from_mins(10),
+        "{:?}",
+        wait("busy")
+    );
+    assert!(
+        wait("flaky") < Duration::from_secs(5),
+        "{:?}",
+        wait("flaky")
+    );
 }
 
 #[tokio::test]
