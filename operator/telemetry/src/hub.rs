@@ -113,6 +113,16 @@ impl Hub {
         out
     }
 
+    /// Every sample held (one per server and source), for exporters.
+    pub fn snapshot(&self) -> Vec<Sample> {
+        self.latest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Number of (server, source) pairs held.
     pub fn len(&self) -> usize {
         self.latest

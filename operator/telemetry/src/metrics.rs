@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::proto::{Sample, sample::Body};
+use crate::proto::{Sample, Source, sample::Body};
 
 /// Where a server stands.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,21 +30,149 @@ struct Failed {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The per-server metrics, the same in Prometheus and OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    PowerWatts,
+    InletCelsius,
+    CpuMaxCelsius,
+    Health,
+    Intrusion,
+    DrivesFailurePredicted,
+    DriveLifeLeftMinPercent,
+    BmcUnreadable,
+    Load1,
+    CpuUsagePercent,
+    MemoryUsedBytes,
+    SampleTimestampSeconds,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 12] = [
+        Metric::PowerWatts,
+        Metric::InletCelsius,
+        Metric::CpuMaxCelsius,
+        Metric::Health,
+        Metric::Intrusion,
+        Metric::DrivesFailurePredicted,
+        Metric::DriveLifeLeftMinPercent,
+        Metric::BmcUnreadable,
+        Metric::Load1,
+        Metric::CpuUsagePercent,
+        Metric::MemoryUsedBytes,
+        Metric::SampleTimestampSeconds,
+    ];
+
+    /// Name without the `sovereign_` prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::PowerWatts => "server_power_watts",
+            Metric::InletCelsius => "server_inlet_celsius",
+            Metric::CpuMaxCelsius => "server_cpu_max_celsius",
+            Metric::Health => "server_health",
+            Metric::Intrusion => "server_intrusion",
+            Metric::DrivesFailurePredicted => "server_drives_failure_predicted",
+            Metric::DriveLifeLeftMinPercent => "server_drive_life_left_min_percent",
+            Metric::BmcUnreadable => "server_bmc_unreadable",
+            Metric::Load1 => "server_load1",
+            Metric::CpuUsagePercent => "server_cpu_usage_percent",
+            Metric::MemoryUsedBytes => "server_memory_used_bytes",
+            Metric::SampleTimestampSeconds => "server_sample_timestamp_seconds",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            Metric::PowerWatts => "Power the server draws, from its BMC",
+            Metric::InletCelsius => "Inlet air temperature, from the BMC",
+            Metric::CpuMaxCelsius => "Hottest CPU temperature, from the BMC",
+            Metric::Health => "Rolled-up health: 0 unknown, 1 OK, 2 warning, 3 critical",
+            Metric::Intrusion => "1 when the chassis reports intrusion or tampering",
+            Metric::DrivesFailurePredicted => "Drives predicting their own failure",
+            Metric::DriveLifeLeftMinPercent => "Lowest predicted media life left of any drive",
+            Metric::BmcUnreadable => "1 while the BMC cannot be read, by failure class",
+            Metric::Load1 => "One-minute load average, from the node agent",
+            Metric::CpuUsagePercent => "CPU in use, from the node agent",
+            Metric::MemoryUsedBytes => "Memory in use, from the node agent",
+            Metric::SampleTimestampSeconds => "When the latest sample was observed",
+        }
+    }
+
+    /// Which source reports it (None: every sample).
+    fn source(self) -> Option<Source> {
+        match self {
+            Metric::Load1 | Metric::CpuUsagePercent | Metric::MemoryUsedBytes => Some(Source::Os),
+            Metric::SampleTimestampSeconds => None,
+            _ => Some(Source::Redfish),
+        }
+    }
+}
+
+/// One value a sample gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub metric: Metric,
+    pub value: f64,
+    /// Failure class, for [`Metric::BmcUnreadable`].
+    pub class: Option<String>,
+}
+
+/// What a sample says, as metric values (absent readings give none).
+#[allow(clippy::cast_precision_loss)] // byte counts and Unix ms stay exact in f64 up to 2^53
+pub fn readings(sample: &Sample) -> Vec<Reading> {
+    let r = |metric, value| Reading {
+        metric,
+        value,
+        class: None,
+    };
+    let mut out = vec![r(
+        Metric::SampleTimestampSeconds,
+        sample.observed_at_unix_ms as f64 / 1000.0,
+    )];
+    match &sample.body {
+        Some(Body::Bmc(b)) => {
+            let optional = [
+                (Metric::PowerWatts, b.consumed_watts),
+                (Metric::InletCelsius, b.inlet_celsius),
+                (Metric::CpuMaxCelsius, b.cpu_max_celsius),
+                (
+                    Metric::DriveLifeLeftMinPercent,
+                    b.min_drive_life_left_percent,
+                ),
+            ];
+            out.extend(optional.into_iter().filter_map(|(m, v)| v.map(|v| r(m, v))));
+            out.push(r(Metric::Health, f64::from(b.health)));
+            out.push(r(
+                Metric::Intrusion,
+                f64::from(u8::from(!b.intrusion.is_empty() && b.intrusion != "Normal")),
+            ));
+            out.push(r(
+                Metric::DrivesFailurePredicted,
+                f64::from(b.drives_failure_predicted),
+            ));
+        }
+        Some(Body::Failure(f)) => out.push(Reading {
+            metric: Metric::BmcUnreadable,
+            value: 1.0,
+            class: Some(f.class.clone()),
+        }),
+        Some(Body::Os(o)) => {
+            out.push(r(Metric::Load1, o.load1));
+            out.push(r(Metric::CpuUsagePercent, f64::from(o.cpu_usage_percent)));
+            out.push(r(Metric::MemoryUsedBytes, o.memory_used_bytes as f64));
+        }
+        None => {}
+    }
+    out
+}
+
 /// The telemetry metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    watts: Family<Placement, FloatGauge>,
-    inlet: Family<Placement, FloatGauge>,
-    cpu_temp: Family<Placement, FloatGauge>,
-    health: Family<Placement, Gauge>,
-    intrusion: Family<Placement, Gauge>,
-    drives_failing: Family<Placement, Gauge>,
-    drive_life: Family<Placement, FloatGauge>,
-    bmc_failure: Family<Failed, Gauge>,
-    load1: Family<Placement, FloatGauge>,
-    memory_used: Family<Placement, Gauge>,
-    observed: Family<Placement, FloatGauge>,
+    /// One family per [`Metric`], in `Metric::ALL` order (BmcUnreadable's stays empty).
+    families: Vec<Family<Placement, FloatGauge>>,
+    bmc_failure: Family<Failed, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -53,149 +181,65 @@ impl Default for Metrics {
     }
 }
 
+fn index(m: Metric) -> usize {
+    Metric::ALL.iter().position(|x| *x == m).unwrap_or(0)
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sovereign");
-        let m = Self {
-            watts: Family::default(),
-            inlet: Family::default(),
-            cpu_temp: Family::default(),
-            health: Family::default(),
-            intrusion: Family::default(),
-            drives_failing: Family::default(),
-            drive_life: Family::default(),
-            bmc_failure: Family::default(),
-            load1: Family::default(),
-            memory_used: Family::default(),
-            observed: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "server_power_watts",
-            "Power the server draws, from its BMC",
-            m.watts.clone(),
-        );
-        registry.register(
-            "server_inlet_celsius",
-            "Inlet air temperature, from the BMC",
-            m.inlet.clone(),
-        );
-        registry.register(
-            "server_cpu_max_celsius",
-            "Hottest CPU temperature, from the BMC",
-            m.cpu_temp.clone(),
-        );
-        registry.register(
-            "server_health",
-            "Rolled-up health: 0 unknown, 1 OK, 2 warning, 3 critical",
-            m.health.clone(),
-        );
-        registry.register(
-            "server_intrusion",
-            "1 when the chassis reports intrusion or tampering",
-            m.intrusion.clone(),
-        );
-        registry.register(
-            "server_drives_failure_predicted",
-            "Drives predicting their own failure",
-            m.drives_failing.clone(),
-        );
-        registry.register(
-            "server_drive_life_left_min_percent",
-            "Lowest predicted media life left of any drive",
-            m.drive_life.clone(),
-        );
-        registry.register(
-            "server_bmc_unreadable",
-            "1 while the BMC cannot be read, by failure class",
-            m.bmc_failure.clone(),
-        );
-        registry.register(
-            "server_load1",
-            "One-minute load average, from the node agent",
-            m.load1.clone(),
-        );
-        registry.register(
-            "server_memory_used_bytes",
-            "Memory in use, from the node agent",
-            m.memory_used.clone(),
-        );
-        registry.register(
-            "server_sample_timestamp_seconds",
-            "When the latest sample was observed",
-            m.observed.clone(),
-        );
-        Self { registry, ..m }
+        let families: Vec<Family<Placement, FloatGauge>> =
+            Metric::ALL.iter().map(|_| Family::default()).collect();
+        let bmc_failure = Family::<Failed, FloatGauge>::default();
+        for (m, f) in Metric::ALL.iter().zip(&families) {
+            if *m == Metric::BmcUnreadable {
+                registry.register(m.name(), m.help(), bmc_failure.clone());
+            } else {
+                registry.register(m.name(), m.help(), f.clone());
+            }
+        }
+        Self {
+            registry,
+            families,
+            bmc_failure,
+        }
     }
 
-    /// Records an accepted sample.
+    /// Records an accepted sample: replaces every series of its source for that server, so a
+    /// value the BMC stopped reporting does not linger.
     pub fn observe(&self, sample: &Sample, at: &Placement) {
-        #[allow(clippy::cast_precision_loss)]
-        // Unix milliseconds fit f64 exactly until year 287,000
-        self.observed
-            .get_or_create(at)
-            .set(sample.observed_at_unix_ms as f64 / 1000.0);
-        match &sample.body {
-            Some(Body::Bmc(b)) => {
-                self.bmc_failure.clear_matching(at);
-                if let Some(w) = b.consumed_watts {
-                    self.watts.get_or_create(at).set(w);
+        let source = Source::try_from(sample.source).ok();
+        for m in Metric::ALL {
+            if m.source().is_some() && m.source() == source {
+                self.families[index(m)].remove(at);
+            }
+        }
+        if source == Some(Source::Redfish) {
+            self.bmc_failure.clear_matching(at);
+        }
+        for reading in readings(sample) {
+            match reading.class {
+                Some(class) => {
+                    let key = Failed {
+                        server: at.server.clone(),
+                        rack: at.rack.clone(),
+                        site: at.site.clone(),
+                        class,
+                    };
+                    self.bmc_failure.get_or_create(&key).set(reading.value);
                 }
-                if let Some(c) = b.inlet_celsius {
-                    self.inlet.get_or_create(at).set(c);
-                }
-                if let Some(c) = b.cpu_max_celsius {
-                    self.cpu_temp.get_or_create(at).set(c);
-                }
-                self.health.get_or_create(at).set(i64::from(b.health));
-                self.intrusion.get_or_create(at).set(i64::from(
-                    !b.intrusion.is_empty() && b.intrusion != "Normal",
-                ));
-                self.drives_failing
-                    .get_or_create(at)
-                    .set(i64::from(b.drives_failure_predicted));
-                if let Some(l) = b.min_drive_life_left_percent {
-                    self.drive_life.get_or_create(at).set(l);
+                None => {
+                    self.families[index(reading.metric)]
+                        .get_or_create(at)
+                        .set(reading.value);
                 }
             }
-            Some(Body::Failure(f)) => {
-                self.bmc_failure.clear_matching(at);
-                let key = Failed {
-                    server: at.server.clone(),
-                    rack: at.rack.clone(),
-                    site: at.site.clone(),
-                    class: f.class.clone(),
-                };
-                self.bmc_failure.get_or_create(&key).set(1);
-            }
-            Some(Body::Os(o)) => {
-                self.load1.get_or_create(at).set(o.load1);
-                self.memory_used
-                    .get_or_create(at)
-                    .set(i64::try_from(o.memory_used_bytes).unwrap_or(i64::MAX));
-            }
-            None => {}
         }
     }
 
     /// Drops every series of a server that no longer exists.
     pub fn forget(&self, at: &Placement) {
-        for f in [
-            &self.watts,
-            &self.inlet,
-            &self.cpu_temp,
-            &self.drive_life,
-            &self.load1,
-            &self.observed,
-        ] {
-            f.remove(at);
-        }
-        for f in [
-            &self.health,
-            &self.intrusion,
-            &self.drives_failing,
-            &self.memory_used,
-        ] {
+        for f in &self.families {
             f.remove(at);
         }
         self.bmc_failure.clear_matching(at);
@@ -214,7 +258,7 @@ trait ClearMatching {
     fn clear_matching(&self, at: &Placement);
 }
 
-impl ClearMatching for Family<Failed, Gauge> {
+impl ClearMatching for Family<Failed, FloatGauge> {
     fn clear_matching(&self, at: &Placement) {
         for class in [
             "BmcUnauthorized",
@@ -264,7 +308,7 @@ mod tests {
         };
         m.observe(&failing, &at());
         let text = m.encode();
-        assert!(text.contains(r#"sovereign_server_bmc_unreadable{server="hn1-r01-s01",rack="hn1-r01",site="hn1",class="BmcTimeout"} 1"#), "{text}");
+        assert!(text.contains(r#"sovereign_server_bmc_unreadable{server="hn1-r01-s01",rack="hn1-r01",site="hn1",class="BmcTimeout"} 1.0"#), "{text}");
         let ok = Sample {
             body: Some(Body::Bmc(BmcSummary {
                 consumed_watts: Some(344.0),
@@ -279,10 +323,10 @@ mod tests {
         let text = m.encode();
         assert!(text.contains(r#"sovereign_server_power_watts{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 344.0"#), "{text}");
         assert!(text.contains(
-            r#"sovereign_server_intrusion{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 1"#
+            r#"sovereign_server_intrusion{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 1.0"#
         ));
         assert!(text.contains(
-            r#"sovereign_server_health{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 3"#
+            r#"sovereign_server_health{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 3.0"#
         ));
         assert!(
             !text.contains("class=\"BmcTimeout\"} 1"),
