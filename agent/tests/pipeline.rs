@@ -13,7 +13,7 @@ use sovereign_agent::redfish::Endpoint;
 use sovereign_agent::roles;
 use sovereign_telemetry::proto::{self, sample::Body};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_telemetry::{Hub, StaticTokens, serve};
+use sovereign_telemetry::{Hub, Identity, StaticTokens, serve};
 
 fn tree(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,7 +39,7 @@ async fn bmc_telemetry_reaches_the_operator() {
     let addr = listener.local_addr().unwrap();
     let verifier = Arc::new(StaticTokens::new([(
         "collector-token".to_owned(),
-        "system:serviceaccount:sovereign-system:sovereign-collector".to_owned(),
+        Identity::collector("system:serviceaccount:sovereign-system:sovereign-collector"),
     )]));
     let server = tokio::spawn(serve(
         listener,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sovereign_telemetry::export::{self, Otlp, OtlpConfig};
 use sovereign_telemetry::metrics::{Metrics, Placement};
-use sovereign_telemetry::{Hub, StaticTokens, serve};
+use sovereign_telemetry::{Hub, Identity, StaticTokens, serve};
 
 fn unplaced(server: &str) -> Placement {
     Placement {
@@ -53,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {addr}");
-    let verifier = Arc::new(StaticTokens::new([(token, "dev-agent".to_owned())]));
+    let verifier = Arc::new(StaticTokens::new([(
+        token,
+        Identity::unrestricted("dev-agent"),
+    )]));
     serve(listener, hub, verifier, async {
         let _ = tokio::signal::ctrl_c().await;
     })

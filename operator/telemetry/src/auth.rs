@@ -11,7 +11,47 @@ use thiserror::Error;
 pub struct Identity {
     /// e.g. `system:serviceaccount:sovereign-system:sovereign-collector`.
     pub username: String,
+    pub role: Role,
 }
+
+/// What an agent may publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The BMC collector: Redfish samples for any server.
+    Collector,
+    /// A node agent: OS samples for its own node only, so a compromised tenant node cannot
+    /// report another server healthy or sick.
+    Node { node: String },
+    /// Anything: tests and local development only ([`TokenReviewVerifier`] never grants it).
+    Unrestricted,
+}
+
+impl Identity {
+    pub fn collector(username: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            role: Role::Collector,
+        }
+    }
+
+    pub fn node(username: impl Into<String>, node: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            role: Role::Node { node: node.into() },
+        }
+    }
+
+    pub fn unrestricted(username: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            role: Role::Unrestricted,
+        }
+    }
+}
+
+/// The node a bound ServiceAccount token was issued for (Kubernetes 1.30+ adds it to the
+/// TokenReview's user extra for tokens of pods).
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 /// Why a token was refused.
 #[derive(Debug, Error)]
@@ -20,6 +60,8 @@ pub enum AuthError {
     Invalid,
     #[error("{0} may not publish telemetry")]
     NotAllowed(String),
+    #[error("{0} is a node agent but its token is not bound to a node (needs Kubernetes 1.30+)")]
+    NoNode(String),
     #[error("token review failed: {0}")]
     Review(String),
 }
@@ -34,13 +76,8 @@ pub trait TokenVerifier: Send + Sync + 'static {
 pub struct StaticTokens(HashMap<String, Identity>);
 
 impl StaticTokens {
-    pub fn new(tokens: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self(
-            tokens
-                .into_iter()
-                .map(|(t, u)| (t, Identity { username: u }))
-                .collect(),
-        )
+    pub fn new(tokens: impl IntoIterator<Item = (String, Identity)>) -> Self {
+        Self(tokens.into_iter().collect())
     }
 }
 
@@ -51,30 +88,40 @@ impl TokenVerifier for StaticTokens {
 }
 
 /// Kubernetes ServiceAccount tokens, checked with the TokenReview API for the telemetry audience,
-/// then against the service accounts allowed to publish.
+/// then against the service accounts allowed to publish: collectors, and node agents whose
+/// token is bound to a pod on a node.
 #[derive(Clone)]
 pub struct TokenReviewVerifier {
     client: kube::Client,
     audience: String,
-    allowed: Vec<String>,
+    collectors: Vec<String>,
+    nodes: Vec<String>,
 }
 
 impl std::fmt::Debug for TokenReviewVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReviewVerifier")
             .field("audience", &self.audience)
-            .field("allowed", &self.allowed)
+            .field("collectors", &self.collectors)
+            .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenReviewVerifier {
-    /// `allowed`: usernames such as `system:serviceaccount:sovereign-system:sovereign-agent`.
-    pub fn new(client: kube::Client, audience: impl Into<String>, allowed: Vec<String>) -> Self {
+    /// Usernames such as `system:serviceaccount:sovereign-system:sovereign-collector` (BMC
+    /// collectors) and `...:sovereign-agent` (node agents).
+    pub fn new(
+        client: kube::Client,
+        audience: impl Into<String>,
+        collectors: Vec<String>,
+        nodes: Vec<String>,
+    ) -> Self {
         Self {
             client,
             audience: audience.into(),
-            allowed,
+            collectors,
+            nodes,
         }
     }
 }
@@ -97,13 +144,75 @@ impl TokenVerifier for TokenReviewVerifier {
         if status.authenticated != Some(true) {
             return Err(AuthError::Invalid);
         }
-        let username = status
-            .user
-            .and_then(|u| u.username)
-            .ok_or(AuthError::Invalid)?;
-        if !self.allowed.contains(&username) {
-            return Err(AuthError::NotAllowed(username));
-        }
-        Ok(Identity { username })
+        let user = status.user.ok_or(AuthError::Invalid)?;
+        let username = user.username.ok_or(AuthError::Invalid)?;
+        identity_of(&self.collectors, &self.nodes, username, user.extra.as_ref())
+    }
+}
+
+/// The role a reviewed user gets.
+fn identity_of(
+    collectors: &[String],
+    nodes: &[String],
+    username: String,
+    extra: Option<&std::collections::BTreeMap<String, Vec<String>>>,
+) -> Result<Identity, AuthError> {
+    if collectors.contains(&username) {
+        return Ok(Identity::collector(username));
+    }
+    if !nodes.contains(&username) {
+        return Err(AuthError::NotAllowed(username));
+    }
+    match extra
+        .and_then(|e| e.get(NODE_NAME_EXTRA))
+        .map(Vec::as_slice)
+    {
+        Some([node]) if !node.is_empty() => Ok(Identity::node(username, node.clone())),
+        _ => Err(AuthError::NoNode(username)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLLECTOR: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
+    const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-agent";
+
+    fn check(username: &str, extra: Option<(&str, &[&str])>) -> Result<Identity, AuthError> {
+        let extra = extra.map(|(k, v)| {
+            std::collections::BTreeMap::from([(
+                k.to_owned(),
+                v.iter().map(|s| (*s).to_owned()).collect(),
+            )])
+        });
+        identity_of(
+            &[COLLECTOR.to_owned()],
+            &[AGENT.to_owned()],
+            username.to_owned(),
+            extra.as_ref(),
+        )
+    }
+
+    #[test]
+    fn roles_come_from_the_service_account_and_the_bound_node() {
+        assert_eq!(check(COLLECTOR, None).unwrap().role, Role::Collector);
+        assert_eq!(
+            check(AGENT, Some((NODE_NAME_EXTRA, &["hn1-r01-s01"])))
+                .unwrap()
+                .role,
+            Role::Node {
+                node: "hn1-r01-s01".into()
+            }
+        );
+        assert!(matches!(check(AGENT, None), Err(AuthError::NoNode(_))));
+        assert!(matches!(
+            check(AGENT, Some((NODE_NAME_EXTRA, &["a", "b"]))),
+            Err(AuthError::NoNode(_))
+        ));
+        assert!(matches!(
+            check("system:serviceaccount:tenant-a:default", None),
+            Err(AuthError::NotAllowed(_))
+        ));
     }
 }

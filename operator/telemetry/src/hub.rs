@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-use crate::auth::Identity;
+use crate::auth::{Identity, Role};
 use crate::metrics::{Metrics, Placement};
-use crate::proto::Sample;
+use crate::proto::{Sample, Source};
 
 /// Why a sample was not taken.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -23,6 +23,12 @@ pub enum Rejection {
     FromTheFuture(i64),
     #[error("older than the sample already held")]
     Stale,
+    #[error("{agent} may not publish {kind} samples for {server}")]
+    NotAuthorized {
+        agent: String,
+        kind: String,
+        server: String,
+    },
 }
 
 /// Maps a server name to its rack and site for metric labels.
@@ -143,6 +149,19 @@ impl Hub {
         if sample.body.is_none() {
             return Err(Rejection::Empty);
         }
+        let source = Source::try_from(sample.source).unwrap_or(Source::Unspecified);
+        let allowed = match &from.role {
+            Role::Unrestricted => true,
+            Role::Collector => source == Source::Redfish,
+            Role::Node { node } => source == Source::Os && *node == sample.server,
+        };
+        if !allowed {
+            return Err(Rejection::NotAuthorized {
+                agent: from.username.clone(),
+                kind: source.as_str_name().to_owned(),
+                server: sample.server,
+            });
+        }
         let ahead = sample.observed_at_unix_ms - now_ms();
         if ahead > MAX_FUTURE_MS {
             return Err(Rejection::FromTheFuture(ahead));
@@ -199,9 +218,7 @@ mod tests {
     }
 
     fn agent() -> Identity {
-        Identity {
-            username: "system:serviceaccount:sovereign-system:sovereign-collector".into(),
-        }
+        Identity::collector("system:serviceaccount:sovereign-system:sovereign-collector")
     }
 
     #[test]
@@ -240,6 +257,38 @@ mod tests {
         assert!(metrics.encode().contains(
             r#"sovereign_server_power_watts{server="hn1-r01-s01",rack="hn1-r01",site="hn1"} 410.0"#
         ));
+    }
+
+    #[test]
+    fn agents_publish_only_what_their_role_allows() {
+        use crate::proto::OsSummary;
+        let hub = Hub::default();
+        let os = |server: &str| Sample {
+            server: server.into(),
+            source: Source::Os as i32,
+            observed_at_unix_ms: now_ms(),
+            body: Some(Body::Os(OsSummary::default())),
+        };
+        let node = Identity::node(
+            "system:serviceaccount:sovereign-system:sovereign-agent",
+            "n1",
+        );
+        assert_eq!(hub.accept(os("n1"), &node), Ok(()));
+        let refused = hub.accept(os("n2"), &node).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "system:serviceaccount:sovereign-system:sovereign-agent may not publish SOURCE_OS samples for n2"
+        );
+        assert!(matches!(
+            hub.accept(bmc("n1", now_ms(), 1.0), &node),
+            Err(Rejection::NotAuthorized { .. })
+        ));
+        assert!(matches!(
+            hub.accept(os("n3"), &agent()),
+            Err(Rejection::NotAuthorized { .. })
+        ));
+        assert_eq!(hub.accept(bmc("n3", now_ms(), 1.0), &agent()), Ok(()));
+        assert_eq!(hub.len(), 2);
     }
 
     #[test]

@@ -40,9 +40,7 @@ fn locate(server: &str) -> Placement {
 }
 
 fn collector() -> Identity {
-    Identity {
-        username: "system:serviceaccount:sovereign-system:sovereign-collector".into(),
-    }
+    Identity::collector("system:serviceaccount:sovereign-system:sovereign-collector")
 }
 
 fn samples() -> [Sample; 2] {

@@ -11,7 +11,7 @@ use sovereign_telemetry::proto::{
     BmcSummary, Source, sample::Body, telemetry_client::TelemetryClient,
 };
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_telemetry::{Hub, Sample, StaticTokens, serve};
+use sovereign_telemetry::{Hub, Identity, Sample, StaticTokens, serve};
 use tokio::net::TcpListener;
 
 const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
@@ -53,7 +53,7 @@ impl Operator {
         listener.set_nonblocking(true).unwrap();
         let verifier = Arc::new(StaticTokens::new([(
             "good-token".to_owned(),
-            AGENT.to_owned(),
+            Identity::collector(AGENT),
         )]));
         rt.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
