@@ -23,9 +23,14 @@ struct Cli {
 
 #[derive(clap::Args, Debug)]
 struct StreamArgs {
-    /// Operator telemetry endpoint, e.g. http://sovereign-operator.sovereign-system:8443.
+    /// Operator telemetry endpoint, e.g. https://sovereign-operator.sovereign-system:8443
+    /// (http:// only inside a TLS-terminating mesh: the token travels with every stream).
     #[arg(long, env = "SOVEREIGN_OPERATOR")]
     operator: String,
+    /// PEM CA bundle the operator's certificate must chain to (https endpoints); without it
+    /// the system roots are used. The certificate is always verified.
+    #[arg(long, env = "SOVEREIGN_OPERATOR_CA_FILE")]
+    operator_ca_file: Option<PathBuf>,
     /// Projected ServiceAccount token (audience sovereign-telemetry); re-read on every connect.
     #[arg(
         long,
@@ -116,25 +121,36 @@ enum Output {
 
 fn publisher(
     args: &StreamArgs,
-) -> (
-    sovereign_telemetry::publisher::Publisher,
-    tokio::task::JoinHandle<()>,
-) {
+) -> Result<
+    (
+        sovereign_telemetry::publisher::Publisher,
+        tokio::task::JoinHandle<()>,
+    ),
+    Box<dyn std::error::Error>,
+> {
     let token_file = args.token_file.clone();
-    sovereign_telemetry::publisher::start(
+    let ca_pem = match &args.operator_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the operator CA {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(sovereign_telemetry::publisher::start(
         sovereign_telemetry::publisher::PublisherConfig {
             endpoint: args.operator.clone(),
             buffer: args.buffer,
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_mins(2),
             connect_timeout: Duration::from_secs(10),
+            ca_pem,
         },
         move || {
             std::fs::read_to_string(&token_file)
                 .ok()
                 .map(|t| t.trim().to_owned())
         },
-    )
+    ))
 }
 
 async fn stopped() {
@@ -161,7 +177,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             host_root,
         } => {
             let collector = OsCollector::new(host_root)?;
-            let (publisher, task) = publisher(&stream);
+            let (publisher, task) = publisher(&stream)?;
             sovereign_agent::roles::run_node(
                 collector,
                 server,
@@ -190,7 +206,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 ..sovereign_agent::poller::PollConfig::default()
             };
             let fleet = sovereign_agent::poller::Fleet::new(targets, config);
-            let (publisher, task) = publisher(&stream);
+            let (publisher, task) = publisher(&stream)?;
             sovereign_agent::roles::run_bmc(
                 fleet,
                 publisher,

@@ -72,6 +72,7 @@ async fn bmc_telemetry_reaches_the_operator() {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
+            ca_pem: None,
         },
         || Some("collector-token".into()),
     );

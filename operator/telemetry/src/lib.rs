@@ -75,18 +75,49 @@ impl<V: TokenVerifier> proto::telemetry_server::Telemetry for TelemetryService<V
     }
 }
 
-/// Serves the telemetry service on `listener` until `shutdown` resolves.
+/// The operator's certificate and key (PEM) for the telemetry endpoint.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+/// Serves the telemetry service on `listener` until `shutdown` resolves, over plain HTTP/2
+/// (tests, or behind a TLS-terminating mesh). Prefer [`serve_tls`]: agents send bearer tokens.
 pub async fn serve<V: TokenVerifier>(
     listener: TcpListener,
     hub: Arc<Hub>,
     verifier: Arc<V>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tls(listener, hub, verifier, None, shutdown).await
+}
+
+/// As [`serve`], over TLS when `tls` is given.
+pub async fn serve_tls<V: TokenVerifier>(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    verifier: Arc<V>,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let service =
         proto::telemetry_server::TelemetryServer::new(TelemetryService::new(hub, verifier))
             // Samples are small; refuse anything that is not.
             .max_decoding_message_size(64 * 1024);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),
+        ))?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::proto::{Sample, telemetry_client::TelemetryClient};
 
@@ -56,6 +56,9 @@ pub struct PublisherConfig {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub connect_timeout: Duration,
+    /// PEM CA bundle the operator's certificate must chain to, for `https://` endpoints;
+    /// None trusts the system roots. The certificate is always verified.
+    pub ca_pem: Option<String>,
 }
 
 /// Starts the streaming task. `token` is called on every (re)connect, so rotated ServiceAccount
@@ -118,10 +121,16 @@ async fn stream_once<F>(
 where
     F: Fn() -> Option<String> + Sync,
 {
-    let channel = Endpoint::from_shared(config.endpoint.clone())?
-        .connect_timeout(config.connect_timeout)
-        .connect()
-        .await?;
+    let mut endpoint =
+        Endpoint::from_shared(config.endpoint.clone())?.connect_timeout(config.connect_timeout);
+    if config.endpoint.starts_with("https://") {
+        let tls = match &config.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await?;
     stats.connects.fetch_add(1, Ordering::Relaxed);
     let bearer: MetadataValue<_> = format!(
         "Bearer {}",

@@ -11,7 +11,7 @@ use sovereign_telemetry::proto::{
     BmcSummary, Source, sample::Body, telemetry_client::TelemetryClient,
 };
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_telemetry::{Hub, Identity, Sample, StaticTokens, serve};
+use sovereign_telemetry::{Hub, Identity, Sample, ServerTls, StaticTokens, serve, serve_tls};
 use tokio::net::TcpListener;
 
 const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
@@ -78,6 +78,7 @@ fn config(addr: SocketAddr) -> PublisherConfig {
         backoff_base: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(400),
         connect_timeout: Duration::from_secs(2),
+        ca_pem: None,
     }
 }
 
@@ -209,4 +210,79 @@ async fn the_agent_reconnects_when_the_operator_comes_back() {
     assert!(publisher.stats().connects.load(Ordering::Relaxed) >= 2);
     task.abort();
     drop(server);
+}
+
+fn ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_agent_verifies_the_operator() {
+    let ca = ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let tls = ServerTls {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let hub = Arc::new(Hub::new(64));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let verifier = Arc::new(StaticTokens::new([(
+        "good-token".to_owned(),
+        Identity::collector(AGENT),
+    )]));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_tls(
+        listener,
+        hub.clone(),
+        verifier,
+        Some(tls),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let tls_config = |ca_pem: String| PublisherConfig {
+        endpoint: format!("https://{addr}"),
+        ca_pem: Some(ca_pem),
+        ..config(addr)
+    };
+
+    // An agent trusting another CA refuses the operator: nothing is sent.
+    let (impostor, impostor_task) =
+        publisher::start(tls_config(self::ca().pem()), || Some("good-token".into()));
+    assert!(impostor.offer(sample("hn1-r09-s09", now_ms(), 1.0)));
+    eventually("the impostor's handshake fails", || {
+        impostor.stats().failures.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(impostor.stats().sent.load(Ordering::Relaxed), 0);
+    assert!(hub.latest("hn1-r09-s09").is_empty());
+    drop(impostor);
+    impostor_task.abort();
+
+    // With the operator's CA the stream is up and samples land.
+    let (publisher, task) = publisher::start(tls_config(ca.pem()), || Some("good-token".into()));
+    assert!(publisher.offer(sample("hn1-r01-s01", now_ms(), 330.0)));
+    eventually("the sample over TLS", || {
+        !hub.latest("hn1-r01-s01").is_empty()
+    })
+    .await;
+    assert_eq!(publisher.stats().failures.load(Ordering::Relaxed), 0);
+    drop(publisher);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
