@@ -7,6 +7,7 @@
 pub mod crds;
 pub mod inventory;
 pub mod plan;
+pub mod telemetry;
 
 use thiserror::Error;
 

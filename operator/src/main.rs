@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sovereign_operator::crds::CrdState;
-use sovereign_operator::{connect, crds, inventory, plan};
+use sovereign_operator::{connect, crds, inventory, plan, telemetry};
 use sovereign_placement::from_crds::{HealthPolicy, PowerModel};
 use sovereign_placement::{CapacityPolicy, Strategy};
 
@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Install (or with --check-only, verify) the CRDs in the cluster from KUBECONFIG, then
-    /// summarise the Sovereign inventory.
+    /// Install (or with --check-only, verify) the CRDs in the cluster from KUBECONFIG,
+    /// summarise the Sovereign inventory, then serve the agents' telemetry stream, /metrics
+    /// and OTLP (OTEL_EXPORTER_OTLP_ENDPOINT) until SIGTERM.
     Run {
         /// Do not install CRDs; fail if they are missing or outdated (for clusters where CRDs
         /// are managed by Helm or GitOps).
@@ -32,6 +33,36 @@ enum Command {
         /// How long to wait for CRDs to become Established.
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
+        /// Stop after the CRDs and the summary (no telemetry front).
+        #[arg(long)]
+        once: bool,
+        /// Address of the agents' gRPC telemetry stream.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        telemetry_addr: std::net::SocketAddr,
+        /// Address of /metrics and /healthz.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        metrics_addr: std::net::SocketAddr,
+        /// Certificate (PEM) of the telemetry endpoint.
+        #[arg(long, requires = "tls_key_file")]
+        tls_cert_file: Option<std::path::PathBuf>,
+        /// Key (PEM) of the telemetry endpoint.
+        #[arg(long, requires = "tls_cert_file")]
+        tls_key_file: Option<std::path::PathBuf>,
+        /// Serve the telemetry stream without TLS (only behind a TLS-terminating mesh).
+        #[arg(long, conflicts_with = "tls_cert_file")]
+        plaintext_telemetry: bool,
+        /// ServiceAccount allowed to publish BMC telemetry for any server. Repeatable.
+        #[arg(
+            long = "collector",
+            default_value = "system:serviceaccount:sovereign-system:sovereign-collector"
+        )]
+        collectors: Vec<String>,
+        /// ServiceAccount of node agents (OS telemetry for their own node only). Repeatable.
+        #[arg(
+            long = "node-agent",
+            default_value = "system:serviceaccount:sovereign-system:sovereign-agent"
+        )]
+        node_agents: Vec<String>,
     },
     /// Plan placements from YAML files (the objects users apply), without a cluster: records
     /// replicas already in status, places the rest, prints placements, refusals and capacity.
@@ -162,8 +193,27 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Command::Run {
             check_only,
             timeout_seconds,
+            once,
+            telemetry_addr,
+            metrics_addr,
+            tls_cert_file,
+            tls_key_file,
+            plaintext_telemetry,
+            collectors,
+            node_agents,
         } => {
+            let options = telemetry::TelemetryOptions {
+                grpc_addr: telemetry_addr,
+                metrics_addr,
+                tls: tls_cert_file.zip(tls_key_file),
+                plaintext: plaintext_telemetry,
+                collectors,
+                node_agents,
+            };
             let client = connect().await?;
+            if !once {
+                options.validate()?;
+            }
             if check_only {
                 crds::require_current(&client).await?;
                 println!("CRDs up to date");
@@ -182,8 +232,28 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 s.volumes,
                 s.instances
             );
+            if once {
+                return Ok(true);
+            }
+            telemetry::serve(client, options, stopped()).await?;
             Ok(true)
         }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
