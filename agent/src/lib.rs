@@ -1,6 +1,7 @@
 //! Sovereign agent: node (OS) and BMC (Redfish) telemetry.
 
 pub mod convert;
+pub mod discovery;
 pub mod mockbmc;
 pub mod os;
 pub mod poller;

@@ -64,8 +64,23 @@ enum Command {
         #[command(flatten)]
         stream: StreamArgs,
         /// YAML list of {server, address, username, passwordFile, caBundleFile?, insecureSkipVerify?}.
+        #[arg(
+            long,
+            required_unless_present = "from_cluster",
+            conflicts_with = "from_cluster"
+        )]
+        targets: Option<PathBuf>,
+        /// Poll the BMCs of the cluster's Server objects, with credentials from the Secrets
+        /// they name (read with `get`, in --credentials-namespace only).
         #[arg(long)]
-        targets: PathBuf,
+        from_cluster: bool,
+        /// Namespace of the BMC credential Secrets (the collector's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "sovereign-system")]
+        credentials_namespace: String,
+        /// Only Servers with these labels, e.g. `sovereign.io/site=hn1` (one collector per
+        /// site's management network).
+        #[arg(long)]
+        selector: Option<String>,
         #[arg(long, default_value_t = 60)]
         interval_seconds: u64,
         /// BMCs polled at once.
@@ -192,25 +207,49 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Command::Bmc {
             stream,
             targets,
+            from_cluster,
+            credentials_namespace,
+            selector,
             interval_seconds,
             concurrency,
             deadline_seconds,
             timeout_seconds,
         } => {
-            let path = targets.display().to_string();
-            let targets =
-                sovereign_agent::roles::load_targets(&path, Duration::from_secs(timeout_seconds))?;
+            let timeout = Duration::from_secs(timeout_seconds);
             let config = sovereign_agent::poller::PollConfig {
                 concurrency,
                 deadline: Duration::from_secs(deadline_seconds),
                 ..sovereign_agent::poller::PollConfig::default()
             };
-            let fleet = sovereign_agent::poller::Fleet::new(targets, config);
+            let (fleet, discovery) = match targets {
+                Some(path) if !from_cluster => {
+                    let path = path.display().to_string();
+                    let targets = sovereign_agent::roles::load_targets(&path, timeout)?;
+                    (sovereign_agent::poller::Fleet::new(targets, config), None)
+                }
+                _ => {
+                    let client = kube::Client::try_default().await?;
+                    let mut discovery = sovereign_agent::discovery::Discovery::start(
+                        client,
+                        &credentials_namespace,
+                        selector.as_deref(),
+                        timeout,
+                    )
+                    .await?;
+                    let targets = discovery.targets().await;
+                    tracing::info!(bmcs = targets.len(), "BMC targets from the cluster");
+                    (
+                        sovereign_agent::poller::Fleet::from_targets(targets, config),
+                        Some(discovery),
+                    )
+                }
+            };
             let (publisher, task) = publisher(&stream)?;
             sovereign_agent::roles::run_bmc(
                 fleet,
                 publisher,
                 Duration::from_secs(interval_seconds),
+                discovery,
                 stopped(),
             )
             .await;

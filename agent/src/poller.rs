@@ -119,6 +119,8 @@ pub enum Auth {
 /// One BMC in the fleet.
 pub struct Member {
     pub name: String,
+    /// What the member was built from, to tell whether a new target changes it.
+    target: Result<Endpoint, String>,
     endpoint: Endpoint,
     /// Basic-auth client, built once; the fallback when sessions are not available.
     basic: Result<Arc<HttpRedfish>, String>,
@@ -191,17 +193,49 @@ struct Job {
     use_expand: bool,
 }
 
+fn blank_endpoint() -> Endpoint {
+    Endpoint {
+        address: String::new(),
+        username: String::new(),
+        password: String::new(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::ZERO,
+    }
+}
+
+impl Member {
+    fn new(name: String, target: Result<Endpoint, String>, config: &PollConfig) -> Self {
+        let hint = RetryHint::default();
+        let (endpoint, basic) = match &target {
+            Ok(ep) => (
+                ep.clone(),
+                redfish::connect_hinted(ep, &hint)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+            ),
+            Err(reason) => (blank_endpoint(), Err(reason.clone())),
+        };
+        Member {
+            backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
+            basic,
+            session: None,
+            hint,
+            auth: Auth::Unsettled,
+            use_expand: true,
+            seen_events: std::collections::HashSet::new(),
+            events_baselined: false,
+            target,
+            endpoint,
+            name,
+        }
+    }
+}
+
 impl Job {
     fn lost() -> Self {
         Self {
-            endpoint: Endpoint {
-                address: String::new(),
-                username: String::new(),
-                password: String::new(),
-                ca_bundle_pem: None,
-                insecure_skip_verify: false,
-                timeout: Duration::ZERO,
-            },
+            endpoint: blank_endpoint(),
             hint: RetryHint::default(),
             basic: Err("poll timed out".into()),
             session: None,
@@ -216,7 +250,9 @@ impl Job {
             Ok(b) => b.clone(),
             Err(config) => {
                 return (
-                    Err(PollError::Redfish(RedfishError::Client(config.clone()))),
+                    Err(PollError::Redfish(RedfishError::Unconfigured(
+                        config.clone(),
+                    ))),
                     self,
                 );
             }
@@ -302,27 +338,55 @@ impl Fleet {
     /// Builds one HTTP client per BMC now; a BMC whose configuration is invalid stays in the
     /// fleet and reports that error every cycle instead of stopping the collector.
     pub fn new(targets: Vec<(String, Endpoint)>, config: PollConfig) -> Self {
+        Self::from_targets(
+            targets.into_iter().map(|(n, ep)| (n, Ok(ep))).collect(),
+            config,
+        )
+    }
+
+    /// As [`Fleet::new`], where a target may be an error (reported as that BMC's failure).
+    pub fn from_targets(
+        targets: Vec<(String, Result<Endpoint, String>)>,
+        config: PollConfig,
+    ) -> Self {
         let members = targets
             .into_iter()
-            .map(|(name, ep)| {
-                let hint = RetryHint::default();
-                Member {
-                    backoff: Backoff::new(config.backoff_base, config.backoff_cap, &name),
-                    basic: redfish::connect_hinted(&ep, &hint)
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string()),
-                    session: None,
-                    hint,
-                    auth: Auth::Unsettled,
-                    use_expand: true,
-                    seen_events: std::collections::HashSet::new(),
-                    events_baselined: false,
-                    endpoint: ep,
-                    name,
-                }
-            })
+            .map(|(name, target)| Member::new(name, target, &config))
             .collect();
         Self { members, config }
+    }
+
+    /// Brings the fleet to `targets`: members whose target is unchanged keep their session,
+    /// backoff and event baseline; changed ones (a rotated password, a new address) start
+    /// afresh; removed ones are logged out. Returns (added or changed, removed).
+    pub async fn reconcile(
+        &mut self,
+        targets: Vec<(String, Result<Endpoint, String>)>,
+    ) -> (usize, usize) {
+        let mut old: std::collections::HashMap<String, Member> = self
+            .members
+            .drain(..)
+            .map(|m| (m.name.clone(), m))
+            .collect();
+        let mut changed = 0;
+        let mut replaced = Vec::new();
+        for (name, target) in targets {
+            match old.remove(&name) {
+                Some(m) if m.target == target => self.members.push(m),
+                previous => {
+                    replaced.extend(previous);
+                    changed += 1;
+                    self.members.push(Member::new(name, target, &self.config));
+                }
+            }
+        }
+        let removed = old.len();
+        let mut retired = Fleet {
+            members: old.into_values().chain(replaced).collect(),
+            config: self.config.clone(),
+        };
+        retired.logout().await;
+        (changed, removed)
     }
 
     /// Deletes every open session, all BMCs at once (call on shutdown: leaked sessions exhaust

@@ -161,7 +161,7 @@ pub fn parse_document(kind: DocumentKind, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// How to reach one BMC. The password is never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: String,
     pub username: String,
@@ -199,6 +199,9 @@ pub enum RedfishError {
     CaBundle(String),
     #[error("building the HTTP client: {0}")]
     Client(String),
+    /// The BMC's configuration is unusable (bad address or CA, missing credentials Secret).
+    #[error("{0}")]
+    Unconfigured(String),
     #[error("reading the Redfish service root ({class}): {message}")]
     ServiceRoot {
         class: FailureClass,
@@ -215,9 +218,10 @@ impl RedfishError {
     /// What kind of failure this is, for backoff and for the Server's condition reason.
     pub fn class(&self) -> FailureClass {
         match self {
-            RedfishError::Address(..) | RedfishError::CaBundle(_) | RedfishError::Client(_) => {
-                FailureClass::Config
-            }
+            RedfishError::Address(..)
+            | RedfishError::CaBundle(_)
+            | RedfishError::Client(_)
+            | RedfishError::Unconfigured(_) => FailureClass::Config,
             RedfishError::ServiceRoot { class, .. } | RedfishError::Tree { class, .. } => *class,
         }
     }

@@ -8,6 +8,7 @@ use sovereign_telemetry::publisher::Publisher;
 use thiserror::Error;
 
 use crate::convert;
+use crate::discovery::Discovery;
 use crate::os::{OsCollector, OsError};
 use crate::poller::{CycleReport, Fleet};
 use crate::redfish::Endpoint;
@@ -110,11 +111,13 @@ pub async fn bmc_cycle(fleet: &mut Fleet, publisher: &Publisher) -> CycleReport 
 }
 
 /// The bmc role until `stop` resolves: a cycle every `interval` (a slow cycle delays the next
-/// one instead of overlapping it).
+/// one instead of overlapping it). With `discovery`, the fleet follows the cluster's Servers
+/// before each cycle.
 pub async fn run_bmc(
     mut fleet: Fleet,
     publisher: Publisher,
     interval: Duration,
+    mut discovery: Option<Discovery>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -127,6 +130,12 @@ pub async fn run_bmc(
                 return;
             }
             _ = ticker.tick() => {
+                if let Some(d) = discovery.as_mut() {
+                    let (changed, removed) = fleet.reconcile(d.targets().await).await;
+                    if changed + removed > 0 {
+                        tracing::info!(changed, removed, bmcs = fleet.members().len(), "BMC targets updated");
+                    }
+                }
                 let r = bmc_cycle(&mut fleet, &publisher).await;
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
                 tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), "bmc cycle");

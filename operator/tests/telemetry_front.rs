@@ -7,52 +7,20 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::RawQuery;
-use axum::http::header;
-use axum::response::Response;
-use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sovereign_operator::telemetry::{self, TelemetryError, TelemetryOptions};
 use sovereign_telemetry::proto::{
     BmcSummary, OsSummary, Sample, Source, sample::Body as SampleBody,
 };
 use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_tests::fakeapi::FakeApi;
 
 const COLLECTOR: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
 const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-agent";
 
-fn list(kind: &str, items: &Value) -> Value {
-    json!({
-        "apiVersion": "sovereign.io/v1alpha1",
-        "kind": format!("{kind}List"),
-        "metadata": {"resourceVersion": "7"},
-        "items": items,
-    })
-}
-
-/// Lists answer at once; watches stay open with no events, as on a quiet cluster.
-fn collection(body: Value) -> impl Fn(RawQuery) -> std::future::Ready<Response> + Clone {
-    move |RawQuery(q): RawQuery| {
-        let watching = q.is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
-        let body = if watching {
-            Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>())
-        } else {
-            Body::from(body.to_string())
-        };
-        let mut r = Response::new(body);
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        std::future::ready(r)
-    }
-}
-
-async fn token_review(body: axum::body::Bytes) -> Response {
-    let review: Value = serde_json::from_slice(&body).unwrap();
+fn token_review(review: &Value) -> Value {
     let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let audiences = &review["spec"]["audiences"];
-    assert_eq!(audiences, &json!(["sovereign-telemetry"]));
+    assert_eq!(review["spec"]["audiences"], json!(["sovereign-telemetry"]));
     let status = match token {
         "collector-token" => json!({"authenticated": true, "user": {"username": COLLECTOR}}),
         "node-token" => json!({"authenticated": true, "user": {
@@ -61,60 +29,52 @@ async fn token_review(body: axum::body::Bytes) -> Response {
         }}),
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
-    let answer = json!({
+    json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenReview",
         "spec": review["spec"],
         "status": status,
-    });
-    let mut r = Response::new(Body::from(answer.to_string()));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-    r
+    })
 }
 
 async fn fake_api() -> SocketAddr {
-    let servers = list(
-        "Server",
-        &json!([{
-            "apiVersion": "sovereign.io/v1alpha1",
-            "kind": "Server",
-            "metadata": {"name": "hn1-r01-s01", "resourceVersion": "5"},
-            "spec": {
-                "rack": "hn1-r01",
-                "nodeName": "worker-7",
-                "bmc": {
-                    "address": "https://10.20.1.1",
-                    "credentialsSecretRef": {"name": "bmc-hn1-r01-s01", "namespace": "sovereign-system"},
-                    "insecureSkipVerify": true
-                }
+    let servers = json!([{
+        "apiVersion": "sovereign.io/v1alpha1",
+        "kind": "Server",
+        "metadata": {"name": "hn1-r01-s01", "resourceVersion": "5"},
+        "spec": {
+            "rack": "hn1-r01",
+            "nodeName": "worker-7",
+            "bmc": {
+                "address": "https://10.20.1.1",
+                "credentialsSecretRef": {"name": "bmc-hn1-r01-s01", "namespace": "sovereign-system"},
+                "insecureSkipVerify": true
             }
-        }]),
-    );
-    let racks = list(
-        "Rack",
-        &json!([{
-            "apiVersion": "sovereign.io/v1alpha1",
-            "kind": "Rack",
-            "metadata": {"name": "hn1-r01", "resourceVersion": "6"},
-            "spec": {"site": "hn1", "powerBudgetWatts": 12000, "maxInletCelsius": 32}
-        }]),
-    );
-    let app = Router::new()
-        .route(
+        }
+    }]);
+    let racks = json!([{
+        "apiVersion": "sovereign.io/v1alpha1",
+        "kind": "Rack",
+        "metadata": {"name": "hn1-r01", "resourceVersion": "6"},
+        "spec": {"site": "hn1", "powerBudgetWatts": 12000, "maxInletCelsius": 32}
+    }]);
+    FakeApi::new()
+        .collection(
             "/apis/sovereign.io/v1alpha1/servers",
-            get(collection(servers)),
+            "sovereign.io/v1alpha1",
+            "Server",
+            &servers,
         )
-        .route("/apis/sovereign.io/v1alpha1/racks", get(collection(racks)))
-        .route(
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            post(token_review),
+        .collection(
+            "/apis/sovereign.io/v1alpha1/racks",
+            "sovereign.io/v1alpha1",
+            "Rack",
+            &racks,
         )
-        .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+        .post("/apis/authentication.k8s.io/v1/tokenreviews", token_review)
+        .start()
+        .await
+        .unwrap()
 }
 
 fn free_addr() -> SocketAddr {
@@ -174,9 +134,7 @@ async fn scrape(metrics: SocketAddr) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_stream_through_token_review_into_labelled_metrics() {
-    let api = fake_api().await;
-    let config = kube::Config::new(format!("http://{api}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    let client = FakeApi::client(fake_api().await).unwrap();
     let (grpc, metrics) = (free_addr(), free_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let front = tokio::spawn(telemetry::serve(client, options(grpc, metrics), async {
