@@ -55,6 +55,10 @@ pub struct MockBmc {
     pub max_sessions: usize,
     /// Open sessions: token -> session id. Shared so tests can watch for leaks or expire them.
     pub sessions: Arc<Mutex<HashMap<String, u64>>>,
+    /// Serve collections this many members a page, with `Members@odata.nextLink` and `$skip`.
+    pub page_size: Option<usize>,
+    /// Serve collection members as links only, as BMCs without inline members do.
+    pub links_only: bool,
 }
 
 impl MockBmc {
@@ -67,6 +71,8 @@ impl MockBmc {
             requests: Arc::new(AtomicU64::new(0)),
             max_sessions: 4,
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            page_size: None,
+            links_only: false,
         }
     }
 }
@@ -276,13 +282,46 @@ async fn handle(
                 );
                 r
             }
-            _ => json(StatusCode::OK, body),
+            _ => json(StatusCode::OK, shape_collection(&bmc, &uri, body)),
         },
         Err(_) => json(
             StatusCode::NOT_FOUND,
             r#"{"error":{"code":"Base.1.0.ResourceMissingAtURI"}}"#,
         ),
     }
+}
+
+/// Pages a collection and/or strips its members to links, as configured.
+fn shape_collection(bmc: &MockBmc, uri: &Uri, body: Vec<u8>) -> Vec<u8> {
+    if bmc.page_size.is_none() && !bmc.links_only {
+        return body;
+    }
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(members) = doc.get_mut("Members").and_then(|m| m.as_array_mut()) else {
+        return body;
+    };
+    if bmc.links_only {
+        for m in members.iter_mut() {
+            *m = serde_json::json!({"@odata.id": m.get("@odata.id").cloned().unwrap_or_default()});
+        }
+    }
+    if let Some(size) = bmc.page_size.filter(|s| *s > 0) {
+        let skip: usize = uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("$skip=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let total = members.len();
+        let page: Vec<serde_json::Value> = members.iter().skip(skip).take(size).cloned().collect();
+        *members = page;
+        if skip + size < total {
+            doc["Members@odata.nextLink"] =
+                serde_json::json!(format!("{}?$skip={}", uri.path(), skip + size));
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or(body)
 }
 
 /// Turns numbers into objects and strings into numbers, keeping `@odata` links intact.

@@ -308,6 +308,41 @@ async fn event_logs_are_read() {
     assert_eq!(log1[0].severity.as_deref(), Some("Critical"));
 }
 
+/// Dell's SEL (5 entries, newest first) served 2 a page, inline or as links only: every entry
+/// is read from every page, oldest first.
+#[tokio::test]
+async fn paged_event_logs_are_read_across_pages() {
+    let dell = mockups().join("vendor/dell");
+    for links_only in [false, true] {
+        let mut m = MockBmc::new(&dell);
+        m.page_size = Some(2);
+        m.links_only = links_only;
+        let bmc = mockbmc::start(m).await.unwrap();
+        let ep = Endpoint {
+            address: bmc.url(),
+            username: "root".into(),
+            password: "calvin".into(),
+            ca_bundle_pem: None,
+            insecure_skip_verify: false,
+            timeout: Duration::from_secs(10),
+        };
+        let sample = redfish::collect(Arc::new(redfish::connect(&ep).unwrap()))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = sample
+            .events
+            .iter()
+            .filter(|e| e.log == "Managers/iDRAC.Embedded.1/Sel")
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["1020", "1021", "1022", "1023", "1024"],
+            "links_only={links_only}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_poller_reports_only_new_event_log_entries() {
     use sovereign_agent::poller::{Fleet, PollConfig};
