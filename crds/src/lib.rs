@@ -167,3 +167,13 @@ pub fn drift(dir: &Path) -> Result<Vec<String>, CrdError> {
 pub fn crd_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The Helm chart's copy of the CRDs (`charts/sovereign/crds`), generated alongside.
+pub fn chart_crd_dir() -> PathBuf {
+    crd_dir().join("../charts/sovereign/crds")
+}
+
+/// Every directory the CRD YAML is generated into.
+pub fn crd_dirs() -> [PathBuf; 2] {
+    [crd_dir(), chart_crd_dir()]
+}

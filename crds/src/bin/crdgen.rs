@@ -1,31 +1,47 @@
-//! Writes the CRD YAML under `crds/`, or with `--check` fails when the committed files drift.
+//! Writes the CRD YAML under `crds/` and `charts/sovereign/crds/`, or with `--check` fails when
+//! the committed files drift.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let dir = sovereign_crds::crd_dir();
     let check = std::env::args().any(|a| a == "--check");
-    let result = if check {
-        sovereign_crds::drift(&dir).map(|drifted| {
-            for name in &drifted {
-                eprintln!("drift: crds/{name} differs from the generated CRD; run `cargo run -p sovereign-crds --bin crdgen`");
+    let mut ok = true;
+    for dir in sovereign_crds::crd_dirs() {
+        let result = if check {
+            sovereign_crds::drift(&dir).map(|drifted| {
+                for name in &drifted {
+                    eprintln!(
+                        "drift: {} differs from the generated CRD; run hack/crdgen.sh",
+                        dir.join(name).display()
+                    );
+                }
+                drifted.is_empty()
+            })
+        } else {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| sovereign_crds::CrdError::Write {
+                    path: dir.clone(),
+                    source,
+                })
+                .and_then(|()| sovereign_crds::write_all(&dir))
+                .map(|paths| {
+                    for p in paths {
+                        println!("wrote {}", p.display());
+                    }
+                    true
+                })
+        };
+        match result {
+            Ok(good) => ok &= good,
+            Err(e) => {
+                eprintln!("crdgen: {e}");
+                return ExitCode::FAILURE;
             }
-            drifted.is_empty()
-        })
-    } else {
-        sovereign_crds::write_all(&dir).map(|paths| {
-            for p in paths {
-                println!("wrote {}", p.display());
-            }
-            true
-        })
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("crdgen: {e}");
-            ExitCode::FAILURE
         }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -1,0 +1,48 @@
+//! The Helm chart's agent and collector arguments are ones this binary accepts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::process::Command;
+
+use sovereign_tests::chart::{self, ci_values, container_args, find};
+
+/// Parses `args` with the real CLI: `--help` last makes clap stop after checking them.
+fn accepted(args: &[String]) -> Result<(), String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_sovereign-agent"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn rendered_arguments_parse() {
+    let Some(helm) = chart::helm() else { return };
+    let objects = chart::render(
+        &helm,
+        &[
+            "-f",
+            &ci_values("default"),
+            "--set",
+            "collector.selector=sovereign.io/site=hn1",
+        ],
+    )
+    .unwrap();
+    for (kind, name) in [
+        ("DaemonSet", "sovereign-agent"),
+        ("Deployment", "sovereign-collector"),
+    ] {
+        let args = container_args(find(&objects, kind, name).unwrap());
+        assert!(args.len() > 3, "{args:?}");
+        accepted(&args).unwrap_or_else(|e| panic!("{name} {args:?}: {e}"));
+        // The check can fail: an unknown flag is refused.
+        let mut bad = args.clone();
+        bad.push("--no-such-flag".into());
+        assert!(accepted(&bad).is_err());
+    }
+}
