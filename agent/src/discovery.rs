@@ -15,13 +15,11 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sovereign_crds::Server;
 
+use crate::poller::Target;
 use crate::redfish::Endpoint;
 
 /// How long a Secret read is trusted.
 pub const SECRET_TTL: Duration = Duration::from_mins(10);
-
-/// A Server's endpoint, or why it has none (reported as that server's failure).
-pub type Target = (String, Result<Endpoint, String>);
 
 /// Builds a Server's endpoint from its spec and its credential Secret (None: not found).
 /// Only Secrets in `namespace` are used, whatever the Server says (a Server must not make the
@@ -162,8 +160,13 @@ impl Discovery {
                 }
             }
             let secret = self.cache.get(&r.name).and_then(|(_, s)| s.as_ref());
-            let endpoint = endpoint_for(&server, secret, &self.namespace, self.timeout);
-            out.push((server.name_any(), endpoint));
+            out.push(Target {
+                name: server.name_any(),
+                endpoint: endpoint_for(&server, secret, &self.namespace, self.timeout),
+                interval: Some(Duration::from_secs(u64::from(
+                    server.spec.bmc.poll_interval_seconds,
+                ))),
+            });
         }
         self.cache.retain(|name, _| wanted.contains(name));
         out

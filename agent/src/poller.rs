@@ -105,6 +105,27 @@ impl PollError {
     }
 }
 
+/// A BMC to poll: its endpoint (or why it has none) and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Server object name the samples are for.
+    pub name: String,
+    pub endpoint: Result<Endpoint, String>,
+    /// Least time between two polls (the Server's `bmc.pollIntervalSeconds`); None polls it
+    /// every cycle.
+    pub interval: Option<Duration>,
+}
+
+impl Target {
+    pub fn new(name: impl Into<String>, endpoint: Result<Endpoint, String>) -> Self {
+        Self {
+            name: name.into(),
+            endpoint,
+            interval: None,
+        }
+    }
+}
+
 /// How a BMC is authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Auth {
@@ -122,6 +143,8 @@ pub struct Member {
     /// What the member was built from, to tell whether a new target changes it.
     target: Result<Endpoint, String>,
     endpoint: Endpoint,
+    interval: Option<Duration>,
+    last_polled: Option<Instant>,
     /// Basic-auth client, built once; the fallback when sessions are not available.
     basic: Result<Arc<HttpRedfish>, String>,
     session: Option<redfish::SessionLogin>,
@@ -205,7 +228,12 @@ fn blank_endpoint() -> Endpoint {
 }
 
 impl Member {
-    fn new(name: String, target: Result<Endpoint, String>, config: &PollConfig) -> Self {
+    fn new(t: Target, config: &PollConfig) -> Self {
+        let Target {
+            name,
+            endpoint: target,
+            interval,
+        } = t;
         let hint = RetryHint::default();
         let (endpoint, basic) = match &target {
             Ok(ep) => (
@@ -227,7 +255,18 @@ impl Member {
             events_baselined: false,
             target,
             endpoint,
+            interval,
+            last_polled: None,
             name,
+        }
+    }
+
+    /// Whether its interval has passed (a tenth early still counts, so a cycle that ticks a
+    /// moment before the interval is up does not skip a whole cycle).
+    fn due(&self, now: Instant) -> bool {
+        match (self.interval, self.last_polled) {
+            (Some(interval), Some(last)) => now + interval / 10 >= last + interval,
+            _ => true,
         }
     }
 }
@@ -331,7 +370,10 @@ pub struct Fleet {
 #[derive(Debug, Default)]
 pub struct CycleReport {
     pub outcomes: Vec<Outcome>,
+    /// Backing off after failures.
     pub skipped: Vec<String>,
+    /// Polled less often than every cycle (`pollIntervalSeconds`) and not due yet.
+    pub not_due: usize,
 }
 
 impl Fleet {
@@ -339,19 +381,19 @@ impl Fleet {
     /// fleet and reports that error every cycle instead of stopping the collector.
     pub fn new(targets: Vec<(String, Endpoint)>, config: PollConfig) -> Self {
         Self::from_targets(
-            targets.into_iter().map(|(n, ep)| (n, Ok(ep))).collect(),
+            targets
+                .into_iter()
+                .map(|(n, ep)| Target::new(n, Ok(ep)))
+                .collect(),
             config,
         )
     }
 
     /// As [`Fleet::new`], where a target may be an error (reported as that BMC's failure).
-    pub fn from_targets(
-        targets: Vec<(String, Result<Endpoint, String>)>,
-        config: PollConfig,
-    ) -> Self {
+    pub fn from_targets(targets: Vec<Target>, config: PollConfig) -> Self {
         let members = targets
             .into_iter()
-            .map(|(name, target)| Member::new(name, target, &config))
+            .map(|t| Member::new(t, &config))
             .collect();
         Self { members, config }
     }
@@ -359,10 +401,7 @@ impl Fleet {
     /// Brings the fleet to `targets`: members whose target is unchanged keep their session,
     /// backoff and event baseline; changed ones (a rotated password, a new address) start
     /// afresh; removed ones are logged out. Returns (added or changed, removed).
-    pub async fn reconcile(
-        &mut self,
-        targets: Vec<(String, Result<Endpoint, String>)>,
-    ) -> (usize, usize) {
+    pub async fn reconcile(&mut self, targets: Vec<Target>) -> (usize, usize) {
         let mut old: std::collections::HashMap<String, Member> = self
             .members
             .drain(..)
@@ -370,13 +409,16 @@ impl Fleet {
             .collect();
         let mut changed = 0;
         let mut replaced = Vec::new();
-        for (name, target) in targets {
-            match old.remove(&name) {
-                Some(m) if m.target == target => self.members.push(m),
+        for t in targets {
+            match old.remove(&t.name) {
+                Some(mut m) if m.target == t.endpoint => {
+                    m.interval = t.interval;
+                    self.members.push(m);
+                }
                 previous => {
                     replaced.extend(previous);
                     changed += 1;
-                    self.members.push(Member::new(name, target, &self.config));
+                    self.members.push(Member::new(t, &self.config));
                 }
             }
         }
@@ -426,6 +468,11 @@ impl Fleet {
                 report.skipped.push(m.name.clone());
                 continue;
             }
+            if !m.due(now) {
+                report.not_due += 1;
+                continue;
+            }
+            m.last_polled = Some(now);
             let job = Job {
                 endpoint: m.endpoint.clone(),
                 hint: m.hint.clone(),

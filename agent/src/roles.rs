@@ -138,7 +138,7 @@ pub async fn run_bmc(
                 }
                 let r = bmc_cycle(&mut fleet, &publisher).await;
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
-                tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), "bmc cycle");
+                tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), not_due = r.not_due, "bmc cycle");
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sovereign_agent::discovery::Discovery;
 use sovereign_agent::mockbmc::{self, MockBmc};
-use sovereign_agent::poller::{Auth, Fleet, PollConfig};
+use sovereign_agent::poller::{Auth, Fleet, PollConfig, Target};
 use sovereign_agent::redfish::FailureClass;
 use sovereign_tests::fakeapi::FakeApi;
 
@@ -83,20 +83,20 @@ async fn servers_and_secrets_become_the_fleet() {
         .await
         .unwrap();
     let targets = discovery.targets().await;
-    let names: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["hn1-r01-s01", "hn1-r01-s02", "hn1-r01-s03"]);
-    let ep = targets[0].1.as_ref().unwrap();
+    let ep = targets[0].endpoint.as_ref().unwrap();
     assert_eq!(
         (ep.username.as_str(), ep.password.as_str()),
         ("sovereign-ro", "pw-1")
     );
     assert_eq!(
-        targets[1].1.as_ref().unwrap_err(),
+        targets[1].endpoint.as_ref().unwrap_err(),
         "credentials Secret sovereign-system/bmc-hn1-r01-s02 not found"
     );
     assert!(
         targets[2]
-            .1
+            .endpoint
             .as_ref()
             .unwrap_err()
             .contains("outside the collector's namespace sovereign-system")
@@ -130,7 +130,7 @@ async fn servers_and_secrets_become_the_fleet() {
 
     // A rotated password replaces the member (its session is closed); a deleted Server goes.
     let mut rotated = targets.clone();
-    if let Ok(ep) = &mut rotated[0].1 {
+    if let Ok(ep) = &mut rotated[0].endpoint {
         ep.password = "pw-2".into();
     }
     rotated.pop();
@@ -142,4 +142,33 @@ async fn servers_and_secrets_become_the_fleet() {
         "the replaced member logged out"
     );
     drop(bmc);
+}
+
+#[tokio::test]
+async fn a_servers_poll_interval_is_honoured() {
+    let bmc = mockbmc::start(MockBmc::new(rackmount())).await.unwrap();
+    let endpoint = sovereign_agent::redfish::Endpoint {
+        address: bmc.url(),
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(5),
+    };
+    let mut slow = Target::new("every-5-min", Ok(endpoint.clone()));
+    slow.interval = Some(Duration::from_mins(5));
+    let every = Target::new("every-cycle", Ok(endpoint));
+    let mut fleet = Fleet::from_targets(vec![slow, every], PollConfig::default());
+    let t0 = Instant::now();
+    let polled = |r: &sovereign_agent::poller::CycleReport| -> Vec<String> {
+        r.outcomes.iter().map(|o| o.name.clone()).collect()
+    };
+    let first = fleet.poll_cycle(t0).await;
+    assert_eq!(polled(&first), ["every-5-min", "every-cycle"]);
+    let minute = fleet.poll_cycle(t0 + Duration::from_mins(1)).await;
+    assert_eq!(polled(&minute), ["every-cycle"]);
+    assert_eq!(minute.not_due, 1);
+    // A cycle ticking a moment before the 5 minutes are up still polls it.
+    let five = fleet.poll_cycle(t0 + Duration::from_secs(299)).await;
+    assert_eq!(polled(&five), ["every-5-min", "every-cycle"]);
 }

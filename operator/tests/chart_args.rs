@@ -2,22 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
-use std::process::Command;
-
 use sovereign_tests::chart::{self, ci_values, container_args, find};
 
-/// Parses `args` with the real CLI: `--help` last makes clap stop after checking them.
 fn accepted(args: &[String]) -> Result<(), String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sovereign-operator"))
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    chart::cli_accepts(env!("CARGO_BIN_EXE_sovereign-operator"), args)
 }
 
 #[test]

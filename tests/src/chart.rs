@@ -110,3 +110,18 @@ pub fn container_args(workload: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Whether a binary's CLI accepts `args`: `--help` last makes clap stop after checking them, so
+/// nothing runs. The binary's stderr when it refuses.
+pub fn cli_accepts(binary: &str, args: &[String]) -> Result<(), String> {
+    let out = Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
