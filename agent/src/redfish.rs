@@ -619,7 +619,8 @@ fn connect_with(
         .timeout(ep.timeout)
         .connect_timeout(ep.timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(2)
+        // Up to four requests at once per BMC (the sections of a poll read in parallel).
+        .pool_max_idle_per_host(4)
         .user_agent(concat!("sovereign-agent/", env!("CARGO_PKG_VERSION")));
     if ep.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
@@ -710,9 +711,23 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
         vendor: root.vendor().map(|v| v.to_string()),
         ..BmcSample::default()
     };
-    systems(root, &mut sample).await;
-    chassis(root, bmc, &mut sample).await;
-    event_logs(root, bmc, &mut sample).await;
+    // The sections are independent: read them at once, so a slow BMC (seconds per request)
+    // costs the longest chain of requests, not their sum. At most four requests in flight.
+    let mut parts: [BmcSample; 4] = Default::default();
+    let [sys, chs, slog, mlog] = &mut parts;
+    tokio::join!(
+        systems(root, sys),
+        chassis(root, bmc, chs),
+        system_logs(root, bmc, slog),
+        manager_logs(root, bmc, mlog),
+    );
+    for part in parts {
+        sample.systems.extend(part.systems);
+        sample.chassis.extend(part.chassis);
+        sample.drives.extend(part.drives);
+        sample.errors.extend(part.errors);
+        sample.events.extend(part.events);
+    }
     sample
 }
 
@@ -861,8 +876,8 @@ async fn read_log<B: Bmc + 'static>(
     }
 }
 
-/// System event logs under Systems and Managers.
-async fn event_logs<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut BmcSample) {
+/// System event logs under Systems.
+async fn system_logs<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut BmcSample) {
     if let Ok(Some(systems)) = root.systems().await
         && let Ok(members) = systems.members().await
     {
@@ -878,6 +893,10 @@ async fn event_logs<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &m
             }
         }
     }
+}
+
+/// System event logs under Managers (iDRAC, iLO and bmcweb keep the SEL there).
+async fn manager_logs<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut BmcSample) {
     match root.managers().await {
         Ok(Some(managers)) => match managers.members().await {
             Ok(members) => {
