@@ -107,10 +107,12 @@ pub enum DocumentKind {
     EnvironmentMetrics,
     Storage,
     Drive,
+    /// A page of log entries (inline or links, with a next link).
+    LogEntryCollection,
 }
 
 impl DocumentKind {
-    pub const ALL: [DocumentKind; 8] = [
+    pub const ALL: [DocumentKind; 9] = [
         DocumentKind::ServiceRoot,
         DocumentKind::ComputerSystem,
         DocumentKind::Chassis,
@@ -119,6 +121,7 @@ impl DocumentKind {
         DocumentKind::EnvironmentMetrics,
         DocumentKind::Storage,
         DocumentKind::Drive,
+        DocumentKind::LogEntryCollection,
     ];
 }
 
@@ -156,6 +159,14 @@ pub fn parse_document(kind: DocumentKind, bytes: &[u8]) -> Result<(), String> {
         }
         DocumentKind::Storage => serde_json::from_value::<s::storage::Storage>(value).map(drop),
         DocumentKind::Drive => serde_json::from_value::<s::drive::Drive>(value).map(drop),
+        DocumentKind::LogEntryCollection => {
+            serde_json::from_value::<EntriesPage>(value).map(|page| {
+                for m in page.members {
+                    let _ =
+                        serde_json::from_value::<s::log_entry::LogEntry>(m).map(|e| age_key(&e));
+                }
+            })
+        }
     };
     decoded.map_err(|e| e.to_string())
 }
