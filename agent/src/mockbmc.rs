@@ -130,31 +130,10 @@ fn authorised(bmc: &MockBmc, headers: &HeaderMap) -> bool {
     let Some(encoded) = value.strip_prefix("Basic ") else {
         return false;
     };
-    decode_base64(encoded).is_some_and(|d| d == format!("{user}:{pass}").as_bytes())
-}
-
-/// Minimal base64 decoder for the Authorization header (test server only).
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for &c in s.trim_end_matches('=').as_bytes() {
-        buf = (buf << 6) | u32::from(val(c)?);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((buf >> bits) & 0xff).ok()?);
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .is_ok_and(|d| d == format!("{user}:{pass}").as_bytes())
 }
 
 fn json(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -407,18 +386,4 @@ pub async fn start(bmc: MockBmc) -> std::io::Result<Running> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(Running { addr, task })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_decodes_basic_auth() {
-        assert_eq!(
-            decode_base64("YWRtaW46c2VjcmV0").as_deref(),
-            Some(&b"admin:secret"[..])
-        );
-        assert_eq!(decode_base64("!!"), None);
-    }
 }
