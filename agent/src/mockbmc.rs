@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
+use base64::Engine as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -130,7 +131,6 @@ fn authorised(bmc: &MockBmc, headers: &HeaderMap) -> bool {
     let Some(encoded) = value.strip_prefix("Basic ") else {
         return false;
     };
-    use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .is_ok_and(|d| d == format!("{user}:{pass}").as_bytes())
