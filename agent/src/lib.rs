@@ -8,4 +8,5 @@ pub mod poller;
 pub mod redfish;
 pub mod report;
 pub mod roles;
+pub mod selfmetrics;
 pub mod transport;

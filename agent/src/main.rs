@@ -81,6 +81,9 @@ enum Command {
         /// site's management network).
         #[arg(long)]
         selector: Option<String>,
+        /// Serve the collector's own /metrics here (cycle time, failures by class, drops).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
         #[arg(long, default_value_t = 60)]
         interval_seconds: u64,
         /// BMCs polled at once.
@@ -210,6 +213,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             from_cluster,
             credentials_namespace,
             selector,
+            metrics_addr,
             interval_seconds,
             concurrency,
             deadline_seconds,
@@ -244,12 +248,27 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     )
                 }
             };
+            let metrics = match metrics_addr {
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr).await?;
+                    let metrics =
+                        std::sync::Arc::new(sovereign_agent::selfmetrics::CollectorMetrics::new());
+                    tokio::spawn(sovereign_agent::selfmetrics::serve(
+                        listener,
+                        metrics.clone(),
+                        stopped(),
+                    ));
+                    Some(metrics)
+                }
+                None => None,
+            };
             let (publisher, task) = publisher(&stream)?;
             sovereign_agent::roles::run_bmc(
                 fleet,
                 publisher,
                 Duration::from_secs(interval_seconds),
                 discovery,
+                metrics,
                 stopped(),
             )
             .await;
@@ -340,6 +359,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Plain text for log collectors; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // The node role runs on every tenant node and does one thing every 15 s: one thread is

@@ -12,6 +12,7 @@ use crate::discovery::Discovery;
 use crate::os::{OsCollector, OsError};
 use crate::poller::{CycleReport, Fleet};
 use crate::redfish::Endpoint;
+use crate::selfmetrics::CollectorMetrics;
 
 /// Errors configuring a role.
 #[derive(Debug, Error)]
@@ -118,6 +119,7 @@ pub async fn run_bmc(
     publisher: Publisher,
     interval: Duration,
     mut discovery: Option<Discovery>,
+    metrics: Option<std::sync::Arc<CollectorMetrics>>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -136,7 +138,11 @@ pub async fn run_bmc(
                         tracing::info!(changed, removed, bmcs = fleet.members().len(), "BMC targets updated");
                     }
                 }
+                let started = Instant::now();
                 let r = bmc_cycle(&mut fleet, &publisher).await;
+                if let Some(m) = &metrics {
+                    m.record(fleet.members().len(), &r, started.elapsed(), publisher.stats());
+                }
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
                 tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), not_due = r.not_due, "bmc cycle");
             }

@@ -183,6 +183,7 @@ fn plaintext_and_cert_manager_variants() {
     );
     assert_eq!(cert["spec"]["issuerRef"]["name"], "sovereign-ca");
     assert!(find(&cm, "ServiceMonitor", "sovereign-operator").is_some());
+    assert!(find(&cm, "PodMonitor", "sovereign-collector").is_some());
 }
 
 #[test]
