@@ -1048,149 +1048,180 @@ async fn chassis<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B, sample: &mut 
                 .map(|i| name_of(&i)),
             ..ChassisSample::default()
         };
-        match ch.thermal().await {
-            Ok(Some(t)) => {
-                let t = t.raw();
-                for nav in t.temperatures.iter().flatten() {
-                    match nav.get(bmc).await {
-                        Ok(temp) => {
-                            let name =
-                                opt(temp.name.as_ref()).unwrap_or_else(|| temp.member_id.clone());
-                            let context = temp.physical_context.as_ref().map(name_of);
-                            cs.temperatures.push(Reading {
-                                value: opt(temp.reading_celsius.as_ref()),
-                                health: Health::of(temp.status.as_ref()).0,
-                                unit: "Cel".into(),
-                                context,
-                                name,
-                            });
-                        }
-                        Err(e) => fail(
-                            sample,
-                            format!("Chassis/{id}/Thermal/Temperatures"),
-                            &Nav(&e),
-                        ),
-                    }
-                }
-                for nav in t.fans.iter().flatten() {
-                    match nav.get(bmc).await {
-                        Ok(fan) => cs.fans.push(Reading {
-                            name: opt(fan.name.as_ref()).unwrap_or_else(|| fan.member_id.clone()),
-                            // Fan readings are RPM or percent: far below 2^52, exact in f64.
-                            #[allow(clippy::cast_precision_loss)]
-                            value: opt(fan.reading.as_ref()).map(|v| v as f64),
-                            unit: fan
-                                .reading_units
-                                .as_ref()
-                                .and_then(Option::as_ref)
-                                .map_or_else(String::new, name_of),
-                            context: fan.physical_context.as_ref().map(name_of),
-                            health: Health::of(fan.status.as_ref()).0,
-                        }),
-                        Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e)),
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), &e),
-        }
-        match ch.power().await {
-            Ok(Some(p)) => {
-                let p = p.raw();
-                for nav in p.power_control.iter().flatten() {
-                    match nav.get(bmc).await {
-                        Ok(pc) => {
-                            if let Some(w) = opt(pc.power_consumed_watts.as_ref()) {
-                                cs.consumed_watts = Some(cs.consumed_watts.unwrap_or(0.0) + w);
-                            }
-                        }
-                        Err(e) => {
-                            fail(sample, format!("Chassis/{id}/Power/PowerControl"), &Nav(&e));
-                        }
-                    }
-                }
-                for nav in p.power_supplies.iter().flatten() {
-                    match nav.get(bmc).await {
-                        Ok(psu) => cs.power_supplies.push(Component {
-                            name: opt(psu.name.as_ref()).unwrap_or_else(|| psu.member_id.clone()),
-                            health: Health::of(psu.status.as_ref()).0,
-                        }),
-                        Err(e) => fail(
-                            sample,
-                            format!("Chassis/{id}/Power/PowerSupplies"),
-                            &Nav(&e),
-                        ),
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
-        }
-        // Subsystem-only platforms (no legacy Thermal/Power): temperatures from Sensors, PSUs
-        // from PowerSubsystem. Only then: reading sensors one by one is expensive on slow BMCs.
-        if cs.temperatures.is_empty() && raw.thermal.is_none() {
-            match ch.sensor_links().await {
-                Ok(Some(links)) => {
-                    for link in links {
-                        match link.fetch().await {
-                            Ok(sensor) => {
-                                let kind = sensor
-                                    .reading_type
-                                    .as_ref()
-                                    .and_then(Option::as_ref)
-                                    .map(name_of);
-                                let unit = opt(sensor.reading_units.as_ref());
-                                // ReadingType is optional; the UCUM unit is what BMCs fill in.
-                                if kind.as_deref() == Some("Temperature")
-                                    || unit.as_deref() == Some("Cel")
-                                {
+        // Thermal, power and environment are independent reads: at once (slow BMCs).
+        let (mut temps, mut temps_errors) = (ChassisSample::default(), BmcSample::default());
+        let (mut power, mut power_errors) = (ChassisSample::default(), BmcSample::default());
+        let (mut watts, mut env_errors) = (None, BmcSample::default());
+        {
+            let thermal = async {
+                let (cs, sample) = (&mut temps, &mut temps_errors);
+                match ch.thermal().await {
+                    Ok(Some(t)) => {
+                        let t = t.raw();
+                        for nav in t.temperatures.iter().flatten() {
+                            match nav.get(bmc).await {
+                                Ok(temp) => {
+                                    let name = opt(temp.name.as_ref())
+                                        .unwrap_or_else(|| temp.member_id.clone());
+                                    let context = temp.physical_context.as_ref().map(name_of);
                                     cs.temperatures.push(Reading {
-                                        name: sensor.name.clone(),
-                                        value: opt(sensor.reading.as_ref()),
+                                        value: opt(temp.reading_celsius.as_ref()),
+                                        health: Health::of(temp.status.as_ref()).0,
                                         unit: "Cel".into(),
-                                        context: sensor
-                                            .physical_context
-                                            .as_ref()
-                                            .and_then(Option::as_ref)
-                                            .map(name_of),
-                                        health: Health::of(sensor.status.as_ref()).0,
+                                        context,
+                                        name,
                                     });
                                 }
+                                Err(e) => fail(
+                                    sample,
+                                    format!("Chassis/{id}/Thermal/Temperatures"),
+                                    &Nav(&e),
+                                ),
                             }
-                            Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
+                        }
+                        for nav in t.fans.iter().flatten() {
+                            match nav.get(bmc).await {
+                                Ok(fan) => cs.fans.push(Reading {
+                                    name: opt(fan.name.as_ref())
+                                        .unwrap_or_else(|| fan.member_id.clone()),
+                                    // Fan readings are RPM or percent: far below 2^52, exact in f64.
+                                    #[allow(clippy::cast_precision_loss)]
+                                    value: opt(fan.reading.as_ref()).map(|v| v as f64),
+                                    unit: fan
+                                        .reading_units
+                                        .as_ref()
+                                        .and_then(Option::as_ref)
+                                        .map_or_else(String::new, name_of),
+                                    context: fan.physical_context.as_ref().map(name_of),
+                                    health: Health::of(fan.status.as_ref()).0,
+                                }),
+                                Err(e) => {
+                                    fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e));
+                                }
+                            }
                         }
                     }
+                    Ok(None) => {}
+                    Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), &e),
                 }
-                Ok(None) => {}
-                Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
-            }
-        }
-        if cs.power_supplies.is_empty() && raw.power.is_none() {
-            match ch.power_supplies().await {
-                Ok(psus) => {
-                    for psu in psus {
-                        let r = psu.raw();
-                        cs.power_supplies.push(Component {
-                            name: r.name.clone(),
-                            health: Health::of(r.status.as_ref()).0,
-                        });
+                // Subsystem-only platforms (no legacy Thermal/Power): temperatures from Sensors, PSUs
+                // from PowerSubsystem. Only then: reading sensors one by one is expensive on slow BMCs.
+                if cs.temperatures.is_empty() && raw.thermal.is_none() {
+                    match ch.sensor_links().await {
+                        Ok(Some(links)) => {
+                            for link in links {
+                                match link.fetch().await {
+                                    Ok(sensor) => {
+                                        let kind = sensor
+                                            .reading_type
+                                            .as_ref()
+                                            .and_then(Option::as_ref)
+                                            .map(name_of);
+                                        let unit = opt(sensor.reading_units.as_ref());
+                                        // ReadingType is optional; the UCUM unit is what BMCs fill in.
+                                        if kind.as_deref() == Some("Temperature")
+                                            || unit.as_deref() == Some("Cel")
+                                        {
+                                            cs.temperatures.push(Reading {
+                                                name: sensor.name.clone(),
+                                                value: opt(sensor.reading.as_ref()),
+                                                unit: "Cel".into(),
+                                                context: sensor
+                                                    .physical_context
+                                                    .as_ref()
+                                                    .and_then(Option::as_ref)
+                                                    .map(name_of),
+                                                health: Health::of(sensor.status.as_ref()).0,
+                                            });
+                                        }
+                                    }
+                                    Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
+                                }
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
                     }
                 }
-                Err(e) => fail(sample, format!("Chassis/{id}/PowerSubsystem"), &e),
-            }
-        }
-        match ch.environment_metrics().await {
-            Ok(Some(env)) => {
-                let env = env.raw();
-                if cs.consumed_watts.is_none() {
-                    cs.consumed_watts = env
-                        .power_watts
-                        .as_ref()
-                        .and_then(|p| opt(p.reading.as_ref()));
+            };
+            let power = async {
+                let (cs, sample) = (&mut power, &mut power_errors);
+                match ch.power().await {
+                    Ok(Some(p)) => {
+                        let p = p.raw();
+                        for nav in p.power_control.iter().flatten() {
+                            match nav.get(bmc).await {
+                                Ok(pc) => {
+                                    if let Some(w) = opt(pc.power_consumed_watts.as_ref()) {
+                                        cs.consumed_watts =
+                                            Some(cs.consumed_watts.unwrap_or(0.0) + w);
+                                    }
+                                }
+                                Err(e) => {
+                                    fail(
+                                        sample,
+                                        format!("Chassis/{id}/Power/PowerControl"),
+                                        &Nav(&e),
+                                    );
+                                }
+                            }
+                        }
+                        for nav in p.power_supplies.iter().flatten() {
+                            match nav.get(bmc).await {
+                                Ok(psu) => cs.power_supplies.push(Component {
+                                    name: opt(psu.name.as_ref())
+                                        .unwrap_or_else(|| psu.member_id.clone()),
+                                    health: Health::of(psu.status.as_ref()).0,
+                                }),
+                                Err(e) => fail(
+                                    sample,
+                                    format!("Chassis/{id}/Power/PowerSupplies"),
+                                    &Nav(&e),
+                                ),
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
                 }
-            }
-            Ok(None) => {}
-            Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
+                if cs.power_supplies.is_empty() && raw.power.is_none() {
+                    match ch.power_supplies().await {
+                        Ok(psus) => {
+                            for psu in psus {
+                                let r = psu.raw();
+                                cs.power_supplies.push(Component {
+                                    name: r.name.clone(),
+                                    health: Health::of(r.status.as_ref()).0,
+                                });
+                            }
+                        }
+                        Err(e) => fail(sample, format!("Chassis/{id}/PowerSubsystem"), &e),
+                    }
+                }
+            };
+            let environment = async {
+                let (env_watts, sample) = (&mut watts, &mut env_errors);
+                match ch.environment_metrics().await {
+                    Ok(Some(env)) => {
+                        *env_watts = env
+                            .raw()
+                            .power_watts
+                            .as_ref()
+                            .and_then(|p| opt(p.reading.as_ref()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
+                }
+            };
+            tokio::join!(thermal, power, environment);
+        }
+        cs.temperatures = temps.temperatures;
+        cs.fans = temps.fans;
+        cs.power_supplies = power.power_supplies;
+        // Legacy PowerControl first; EnvironmentMetrics where there is none.
+        cs.consumed_watts = power.consumed_watts.or(watts);
+        for part in [temps_errors, power_errors, env_errors] {
+            sample.errors.extend(part.errors);
         }
         cs.inlet_celsius = cs
             .temperatures
