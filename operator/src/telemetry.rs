@@ -170,85 +170,148 @@ where
     store
 }
 
-/// Serves the front until `shutdown` resolves. Returns the hub for the caller's controllers.
+/// The telemetry front, started: the hub of latest samples (for status writing and placement:
+/// [`Front::hub`]) and what serving needs.
+pub struct Front {
+    hub: Arc<Hub>,
+    locator: Locator,
+    metrics: Arc<Metrics>,
+    verifier: Arc<TokenReviewVerifier>,
+    tls: Option<ServerTls>,
+    options: TelemetryOptions,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("hub", &self.hub)
+            .field("locator", &self.locator)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Front {
+    /// Checks the options, reads the TLS files, starts the inventory watches and waits for
+    /// their first list (samples taken before would be labelled without rack and site).
+    pub async fn start(
+        client: kube::Client,
+        options: TelemetryOptions,
+    ) -> Result<Self, TelemetryError> {
+        options.validate()?;
+        let tls = match (&options.tls, options.plaintext) {
+            (Some((cert, key)), _) => Some(ServerTls {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            }),
+            (None, true) => {
+                tracing::warn!("telemetry endpoint without TLS (--plaintext-telemetry)");
+                None
+            }
+            (None, false) => return Err(TelemetryError::NoTls),
+        };
+        let locator = Locator::new(
+            mirror(Api::<Server>::all(client.clone())),
+            mirror(Api::<Rack>::all(client.clone())),
+        );
+        locator.ready().await?;
+        let metrics = Arc::new(Metrics::new());
+        let placement = locator.clone();
+        let hub = Arc::new(
+            Hub::default().with_metrics(metrics.clone(), move |name| placement.placement(name)),
+        );
+        let verifier = Arc::new(TokenReviewVerifier::new(
+            client,
+            AUDIENCE,
+            options.collectors.clone(),
+            options.node_agents.clone(),
+        ));
+        Ok(Self {
+            hub,
+            locator,
+            metrics,
+            verifier,
+            tls,
+            options,
+        })
+    }
+
+    /// The latest samples and change notifications.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// Server → rack → site from the watched inventory.
+    pub fn locator(&self) -> &Locator {
+        &self.locator
+    }
+
+    /// Serves the stream, `/metrics` and OTLP until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), TelemetryError> {
+        let Self {
+            hub,
+            locator,
+            metrics,
+            verifier,
+            tls,
+            options,
+        } = self;
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+            let mut rx = tx.subscribe();
+            async move {
+                let _ = rx.recv().await;
+            }
+        };
+        let metrics_listener = tokio::net::TcpListener::bind(options.metrics_addr)
+            .await
+            .map_err(|source| TelemetryError::Bind {
+                addr: options.metrics_addr,
+                source,
+            })?;
+        let metrics_task = tokio::spawn(export::serve_metrics(
+            metrics_listener,
+            metrics,
+            stopped(&stop_tx),
+        ));
+        let _otlp = match OtlpConfig::from_env("sovereign-operator") {
+            Some(config) => {
+                tracing::info!(endpoint = %config.endpoint, "pushing telemetry over OTLP");
+                Some(Otlp::start(&config, &hub, move |name| {
+                    locator.placement(name)
+                })?)
+            }
+            None => None,
+        };
+        let grpc_listener = tokio::net::TcpListener::bind(options.grpc_addr)
+            .await
+            .map_err(|source| TelemetryError::Bind {
+                addr: options.grpc_addr,
+                source,
+            })?;
+        tracing::info!(grpc = %options.grpc_addr, metrics = %options.metrics_addr, tls = tls.is_some(), "telemetry front up");
+        let grpc =
+            sovereign_telemetry::serve_tls(grpc_listener, hub, verifier, tls, stopped(&stop_tx));
+        let result = tokio::select! {
+            r = grpc => r.map_err(TelemetryError::from),
+            () = shutdown => Ok(()),
+        };
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
+        result
+    }
+}
+
+/// Starts and serves the front until `shutdown` resolves.
 pub async fn serve(
     client: kube::Client,
     options: TelemetryOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TelemetryError> {
-    options.validate()?;
-    let tls = match (&options.tls, options.plaintext) {
-        (Some((cert, key)), _) => Some(ServerTls {
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-        }),
-        (None, true) => {
-            tracing::warn!("telemetry endpoint without TLS (--plaintext-telemetry)");
-            None
-        }
-        (None, false) => return Err(TelemetryError::NoTls),
-    };
-    let locator = Locator::new(
-        mirror(Api::<Server>::all(client.clone())),
-        mirror(Api::<Rack>::all(client.clone())),
-    );
-    // Samples taken before the inventory is known would be labelled without rack and site.
-    locator.ready().await?;
-    let metrics = Arc::new(Metrics::new());
-    let placement = locator.clone();
-    let hub = Arc::new(
-        Hub::default().with_metrics(metrics.clone(), move |name| placement.placement(name)),
-    );
-    let verifier = Arc::new(TokenReviewVerifier::new(
-        client,
-        AUDIENCE,
-        options.collectors.clone(),
-        options.node_agents.clone(),
-    ));
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
-
-    let metrics_listener = tokio::net::TcpListener::bind(options.metrics_addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: options.metrics_addr,
-            source,
-        })?;
-    let metrics_task = tokio::spawn(export::serve_metrics(
-        metrics_listener,
-        metrics,
-        stopped(&stop_tx),
-    ));
-    let _otlp = match OtlpConfig::from_env("sovereign-operator") {
-        Some(config) => {
-            tracing::info!(endpoint = %config.endpoint, "pushing telemetry over OTLP");
-            let placement = locator.clone();
-            Some(Otlp::start(&config, &hub, move |name| {
-                placement.placement(name)
-            })?)
-        }
-        None => None,
-    };
-    let grpc_listener = tokio::net::TcpListener::bind(options.grpc_addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: options.grpc_addr,
-            source,
-        })?;
-    tracing::info!(grpc = %options.grpc_addr, metrics = %options.metrics_addr, tls = tls.is_some(), "telemetry front up");
-    let grpc = sovereign_telemetry::serve_tls(grpc_listener, hub, verifier, tls, stopped(&stop_tx));
-    let result = tokio::select! {
-        r = grpc => r.map_err(TelemetryError::from),
-        () = shutdown => Ok(()),
-    };
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
-    result
+    Front::start(client, options).await?.serve(shutdown).await
 }
 
 #[cfg(test)]

@@ -137,7 +137,11 @@ async fn agents_stream_through_token_review_into_labelled_metrics() {
     let client = FakeApi::client(fake_api().await).unwrap();
     let (grpc, metrics) = (free_addr(), free_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let front = tokio::spawn(telemetry::serve(client, options(grpc, metrics), async {
+    let front = telemetry::Front::start(client, options(grpc, metrics))
+        .await
+        .unwrap();
+    let hub = front.hub();
+    let front = tokio::spawn(front.serve(async {
         let _ = stopped.await;
     }));
 
@@ -182,6 +186,11 @@ async fn agents_stream_through_token_review_into_labelled_metrics() {
     assert!(text.contains(want_os), "{text}");
     assert!(text.contains(want_bmc), "{text}");
     assert!(!text.contains("worker-8"), "{text}");
+    // What status writing and placement will read: one sample per source, under the names
+    // the agents published.
+    assert_eq!(hub.latest("worker-7").len(), 1);
+    assert_eq!(hub.latest("hn1-r01-s01").len(), 1);
+    assert!(hub.latest("worker-8").is_empty());
 
     for (p, t) in [
         (node, node_task),
