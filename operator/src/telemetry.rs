@@ -143,6 +143,12 @@ fn read(path: &PathBuf) -> Result<String, TelemetryError> {
     })
 }
 
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TelemetryError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })
+}
+
 /// Keeps a store of `K` filled from a watch, retrying with backoff on errors.
 fn mirror<K>(api: Api<K>) -> Store<K>
 where
@@ -266,12 +272,7 @@ impl Front {
                 let _ = rx.recv().await;
             }
         };
-        let metrics_listener = tokio::net::TcpListener::bind(options.metrics_addr)
-            .await
-            .map_err(|source| TelemetryError::Bind {
-                addr: options.metrics_addr,
-                source,
-            })?;
+        let metrics_listener = bind(options.metrics_addr).await?;
         let metrics_task = tokio::spawn(export::serve_metrics(
             metrics_listener,
             metrics,
@@ -286,12 +287,7 @@ impl Front {
             }
             None => None,
         };
-        let grpc_listener = tokio::net::TcpListener::bind(options.grpc_addr)
-            .await
-            .map_err(|source| TelemetryError::Bind {
-                addr: options.grpc_addr,
-                source,
-            })?;
+        let grpc_listener = bind(options.grpc_addr).await?;
         tracing::info!(grpc = %options.grpc_addr, metrics = %options.metrics_addr, tls = tls.is_some(), "telemetry front up");
         let grpc =
             sovereign_telemetry::serve_tls(grpc_listener, hub, verifier, tls, stopped(&stop_tx));
