@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use sovereign_crds::Server;
+use sovereign_telemetry::cluster::mirror;
 
 use crate::poller::Target;
 use crate::redfish::Endpoint;
@@ -101,23 +101,11 @@ impl Discovery {
         selector: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, DiscoveryError> {
-        let (servers, writer) = reflector::store();
         let mut config = watcher::Config::default();
         if let Some(s) = selector {
             config = config.labels(s);
         }
-        let stream = watcher(Api::<Server>::all(client.clone()), config)
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "Server watch error; retrying");
-                }
-            }
-        });
+        let servers = mirror(Api::<Server>::all(client.clone()), config, "Server");
         servers
             .wait_until_ready()
             .await

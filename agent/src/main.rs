@@ -171,21 +171,6 @@ fn publisher(
     ))
 }
 
-async fn stopped() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
-
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let command = match cli.command {
         Command::Node {
@@ -201,7 +186,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 server,
                 publisher,
                 Duration::from_secs(interval_seconds),
-                stopped(),
+                sovereign_telemetry::cluster::shutdown_signal(),
             )
             .await;
             task.abort();
@@ -256,7 +241,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     tokio::spawn(sovereign_agent::selfmetrics::serve(
                         listener,
                         metrics.clone(),
-                        stopped(),
+                        sovereign_telemetry::cluster::shutdown_signal(),
                     ));
                     Some(metrics)
                 }
@@ -269,7 +254,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 Duration::from_secs(interval_seconds),
                 discovery,
                 metrics,
-                stopped(),
+                sovereign_telemetry::cluster::shutdown_signal(),
             )
             .await;
             task.abort();

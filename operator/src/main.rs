@@ -235,25 +235,14 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             if once {
                 return Ok(true);
             }
-            telemetry::serve(client, options, stopped()).await?;
+            telemetry::serve(
+                client,
+                options,
+                sovereign_telemetry::cluster::shutdown_signal(),
+            )
+            .await?;
             Ok(true)
         }
-    }
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn stopped() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -7,16 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use kube::ResourceExt as _;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use sovereign_crds::{Rack, Server};
+use sovereign_telemetry::cluster::mirror;
 use sovereign_telemetry::export::{self, Otlp, OtlpConfig};
 use sovereign_telemetry::metrics::{Metrics, Placement};
 use sovereign_telemetry::{Hub, ServerTls, TokenReviewVerifier};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 /// Audience agents' projected tokens are issued for; tokens for other audiences are refused.
 pub const AUDIENCE: &str = "sovereign-telemetry";
@@ -149,33 +150,6 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TelemetryErro
         .map_err(|source| TelemetryError::Bind { addr, source })
 }
 
-/// Keeps a store of `K` filled from a watch, retrying with backoff on errors.
-fn mirror<K>(api: Api<K>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "inventory watch error; retrying");
-            }
-        }
-    });
-    store
-}
-
 /// The telemetry front, started: the hub of latest samples (for status writing and placement:
 /// [`Front::hub`]) and what serving needs.
 pub struct Front {
@@ -217,8 +191,16 @@ impl Front {
             (None, false) => return Err(TelemetryError::NoTls),
         };
         let locator = Locator::new(
-            mirror(Api::<Server>::all(client.clone())),
-            mirror(Api::<Rack>::all(client.clone())),
+            mirror(
+                Api::<Server>::all(client.clone()),
+                watcher::Config::default(),
+                "Server",
+            ),
+            mirror(
+                Api::<Rack>::all(client.clone()),
+                watcher::Config::default(),
+                "Rack",
+            ),
         );
         locator.ready().await?;
         let metrics = Arc::new(Metrics::new());
@@ -265,18 +247,12 @@ impl Front {
             tls,
             options,
         } = self;
-        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-        let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
-            let mut rx = tx.subscribe();
-            async move {
-                let _ = rx.recv().await;
-            }
-        };
+        let stop = CancellationToken::new();
         let metrics_listener = bind(options.metrics_addr).await?;
         let metrics_task = tokio::spawn(export::serve_metrics(
             metrics_listener,
             metrics,
-            stopped(&stop_tx),
+            stop.clone().cancelled_owned(),
         ));
         let _otlp = match OtlpConfig::from_env("sovereign-operator") {
             Some(config) => {
@@ -289,13 +265,18 @@ impl Front {
         };
         let grpc_listener = bind(options.grpc_addr).await?;
         tracing::info!(grpc = %options.grpc_addr, metrics = %options.metrics_addr, tls = tls.is_some(), "telemetry front up");
-        let grpc =
-            sovereign_telemetry::serve_tls(grpc_listener, hub, verifier, tls, stopped(&stop_tx));
+        let grpc = sovereign_telemetry::serve_tls(
+            grpc_listener,
+            hub,
+            verifier,
+            tls,
+            stop.clone().cancelled_owned(),
+        );
         let result = tokio::select! {
             r = grpc => r.map_err(TelemetryError::from),
             () = shutdown => Ok(()),
         };
-        let _ = stop_tx.send(());
+        stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), metrics_task).await;
         result
     }
@@ -346,8 +327,8 @@ mod tests {
 
     #[test]
     fn samples_are_placed_by_server_or_node_name() {
-        let (servers, mut sw) = reflector::store();
-        let (racks, mut rw) = reflector::store();
+        let (servers, mut sw) = kube::runtime::reflector::store();
+        let (racks, mut rw) = kube::runtime::reflector::store();
         sw.apply_watcher_event(&Event::Apply(server(
             "hn1-r01-s01",
             "hn1-r01",

@@ -8,6 +8,7 @@
 //! - [`publisher`]: the agent side: a bounded buffer and a stream that reconnects with backoff.
 
 pub mod auth;
+pub mod cluster;
 pub mod export;
 pub mod hub;
 pub mod metrics;
