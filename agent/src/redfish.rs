@@ -846,7 +846,7 @@ async fn read_entries<B: Bmc + 'static>(
             Err(e) => errors.push(("Entries/member".to_owned(), e)),
         }
     }
-    entries.sort_by_key(|e| age_key(e));
+    entries.sort_by_cached_key(|e| age_key(e));
     (entries, errors)
 }
 

@@ -33,7 +33,12 @@ pub fn trees() -> Vec<PathBuf> {
 }
 
 async fn read(tree: &Path) -> Result<BmcSample, redfish::RedfishError> {
-    let bmc = mockbmc::start(MockBmc::new(tree)).await.unwrap();
+    read_from(MockBmc::new(tree)).await
+}
+
+/// Collects once from `m`, served on loopback.
+async fn read_from(m: MockBmc) -> Result<BmcSample, redfish::RedfishError> {
+    let bmc = mockbmc::start(m).await.unwrap();
     let ep = Endpoint {
         address: bmc.url(),
         username: "root".into(),
@@ -317,18 +322,7 @@ async fn paged_event_logs_are_read_across_pages() {
         let mut m = MockBmc::new(&dell);
         m.page_size = Some(2);
         m.links_only = links_only;
-        let bmc = mockbmc::start(m).await.unwrap();
-        let ep = Endpoint {
-            address: bmc.url(),
-            username: "root".into(),
-            password: "calvin".into(),
-            ca_bundle_pem: None,
-            insecure_skip_verify: false,
-            timeout: Duration::from_secs(10),
-        };
-        let sample = redfish::collect(Arc::new(redfish::connect(&ep).unwrap()))
-            .await
-            .unwrap();
+        let sample = read_from(m).await.unwrap();
         let ids: Vec<&str> = sample
             .events
             .iter()

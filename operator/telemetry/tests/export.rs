@@ -179,6 +179,22 @@ fn points(req: &ExportMetricsServiceRequest) -> Vec<(String, Vec<String>, f64)> 
     out
 }
 
+/// Flushes (a blocking call) and waits for what the collector received.
+async fn push(
+    otlp: &Arc<Otlp>,
+    rx: &mut mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
+) -> ExportMetricsServiceRequest {
+    let flusher = otlp.clone();
+    tokio::task::spawn_blocking(move || flusher.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the collector received an export")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_pushes_the_latest_samples_with_placement_attributes() {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -208,15 +224,7 @@ async fn otlp_pushes_the_latest_samples_with_placement_attributes() {
         service_name: "sovereign-operator-test".into(),
     };
     let otlp = Arc::new(Otlp::start(&config, &hub, locate).unwrap());
-    let flusher = otlp.clone();
-    tokio::task::spawn_blocking(move || flusher.flush())
-        .await
-        .unwrap()
-        .unwrap();
-    let export = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("the collector received an export")
-        .unwrap();
+    let export = push(&otlp, &mut rx).await;
     let got = points(&export);
     assert!(
         got.contains(&(
@@ -265,15 +273,7 @@ async fn otlp_pushes_the_latest_samples_with_placement_attributes() {
         ..BmcSummary::default()
     }));
     hub.accept(newer, &collector()).unwrap();
-    let flusher = otlp.clone();
-    tokio::task::spawn_blocking(move || flusher.flush())
-        .await
-        .unwrap()
-        .unwrap();
-    let export = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let export = push(&otlp, &mut rx).await;
     let watts: Vec<f64> = points(&export)
         .into_iter()
         .filter(|p| p.0 == "sovereign_server_power_watts")
