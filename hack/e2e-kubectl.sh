@@ -8,11 +8,14 @@ if ! kubectl version --request-timeout=10s >/dev/null 2>&1; then
   echo "SKIPPED e2e-kubectl: no cluster reachable through KUBECONFIG"; exit 0
 fi
 fail=0; passed=0
+# The CRD files only: `-f crds/` would also take every sample below it (kubectl recurses).
+crd_files=()
+for f in crds/sovereign.io_*.yaml; do crd_files+=(-f "$f"); done
 ok() { passed=$((passed + 1)); }
 bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 
-kubectl apply --server-side --field-manager=sovereign-operator -f crds/ >/dev/null || { echo "CRDs refused"; exit 1; }
-kubectl wait --for=condition=Established --timeout=60s -f crds/ >/dev/null || { echo "CRDs not Established"; exit 1; }
+kubectl apply --server-side --field-manager=sovereign-operator "${crd_files[@]}" >/dev/null || { echo "CRDs refused"; exit 1; }
+kubectl wait --for=condition=Established --timeout=60s "${crd_files[@]}" >/dev/null || { echo "CRDs not Established"; exit 1; }
 ok
 
 if kubectl apply --server-side --field-manager=sovereign-e2e -f crds/samples/valid/ >/dev/null; then ok; else bad "valid samples refused"; fi
@@ -50,6 +53,10 @@ done
 out=$(kubectl get sovereign -A 2>&1)
 for kind in site rack server tenant storagevolume computeinstance; do
   if grep -qi "^$kind\|$kind.sovereign.io" <<<"$out"; then ok; else bad "kubectl get sovereign lacks $kind"; fi
+done
+# Leave the cluster as found (namespaces stay: deleting them races the next run's creates).
+for f in $(ls -r crds/samples/valid/*.yaml); do
+  grep -q '^kind: Namespace' "$f" || kubectl delete -f "$f" --ignore-not-found --wait=false >/dev/null 2>&1
 done
 echo "$passed passed, $fail failed"
 [ "$fail" -eq 0 ]

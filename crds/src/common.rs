@@ -131,8 +131,10 @@ impl JsonSchema for Quantity {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         // The shape controller-gen emits for resource.Quantity: structural int-or-string.
+        // `minimum` refuses negative integers (the pattern only sees strings).
         json_schema!({
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": true
         })
@@ -199,6 +201,38 @@ pub(crate) fn push_rule(schema: &mut Schema, rule: &str, message: &str) {
                 serde_json::json!([entry]),
             );
         }
+    }
+}
+
+/// CEL rule: a quantity (int or string) greater than zero. Malformed strings are left to the
+/// pattern so the user sees one clear message, not a CEL evaluation error.
+pub const POSITIVE_QUANTITY_RULE: &str =
+    "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))";
+
+/// Schema transform for quantities that must be greater than zero (sizes, requests).
+pub(crate) fn positive_quantity(schema: &mut Schema) {
+    push_rule(schema, POSITIVE_QUANTITY_RULE, "must be greater than zero");
+}
+
+/// Schema transform for a ResourceSet whose quantities must each be greater than zero (a quota:
+/// a zero quota is written by leaving the class out of the tenant's plan, not as 0).
+pub(crate) fn positive_resources(schema: &mut Schema) {
+    for (path, name) in [
+        ("self.cpu", "cpu"),
+        ("self.memory", "memory"),
+        ("self.storage.nvme", "storage.nvme"),
+        ("self.storage.ssd", "storage.ssd"),
+        ("self.storage.hdd", "storage.hdd"),
+    ] {
+        let guard = if path.starts_with("self.storage.") {
+            format!("!has(self.storage) || !has({path})")
+        } else {
+            format!("!has({path})")
+        };
+        let rule = format!(
+            "{guard} || !isQuantity(string({path})) || quantity(string({path})).isGreaterThan(quantity('0'))"
+        );
+        push_rule(schema, &rule, &format!("{name} must be greater than zero"));
     }
 }
 

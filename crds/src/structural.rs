@@ -14,6 +14,10 @@ pub fn finalize(schema: &mut Value) {
             json!([{"type": "integer"}, {"type": "string"}]),
         );
     }
+    if let Some(Value::String(text)) = node.get("description") {
+        let joined = paragraphs(text);
+        node.insert("description".into(), joined.into());
+    }
     if let Some(Value::String(format)) = node.get("format") {
         match format.as_str() {
             "uint8" | "uint16" | "int8" | "int16" | "uint32" | "int32" => {
@@ -35,6 +39,22 @@ pub fn finalize(schema: &mut Value) {
             finalize(child);
         }
     }
+}
+
+/// Joins doc-comment lines into paragraphs (kubectl explain wraps text itself; kept line breaks
+/// cut sentences in the middle). Blank lines stay paragraph breaks.
+pub fn paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|para| {
+            para.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Keys that may not appear inside `anyOf`/`allOf`/`oneOf`/`not` of a structural schema.

@@ -4,7 +4,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Jurisdiction, ResourceSet, conditions_list_map};
+use crate::common::{
+    Condition, Jurisdiction, ResourceSet, conditions_list_map, positive_resources,
+};
 
 /// A tenant of the sovereign cloud: who may use it, where its data may live, how sensitive the
 /// data is and how much it may use.
@@ -42,6 +44,7 @@ pub struct TenantSpec {
     pub classification: Classification,
     /// Most the tenant may request in total, across all its namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = positive_resources)]
     pub quota: Option<ResourceSet>,
     /// People and service accounts who administer the tenant's namespaces.
     #[serde(default)]

@@ -5,7 +5,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Quantity, Spread, StorageTier, conditions_list_map};
+use crate::common::{
+    Condition, POSITIVE_QUANTITY_RULE, Quantity, Spread, StorageTier, conditions_list_map,
+    positive_quantity,
+};
 
 /// Rule shared by both workload kinds: spreading across racks or sites needs several replicas.
 const SPREAD_RULE: &str = "self.spread == 'Server' || self.replicas >= 2";
@@ -36,7 +39,10 @@ const SPREAD_MESSAGE: &str = "spread Rack or Site needs at least 2 replicas";
 #[schemars(extend("x-kubernetes-validations" = [{"rule": SPREAD_RULE, "message": SPREAD_MESSAGE}]))]
 pub struct StorageVolumeSpec {
     /// Usable size of each replica (e.g. 100Gi). Immutable in v1alpha1 (no expansion yet).
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "size is immutable"}]))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "size is immutable"},
+        {"rule": POSITIVE_QUANTITY_RULE, "message": "must be greater than zero"}
+    ]))]
     pub size: Quantity,
     /// Media tier: nvme, ssd or hdd. Immutable: data is never silently moved between tiers.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "tier is immutable"}]))]
@@ -172,8 +178,10 @@ pub struct StorageVolumeStatus {
 #[schemars(extend("x-kubernetes-validations" = [{"rule": SPREAD_RULE, "message": SPREAD_MESSAGE}]))]
 pub struct ComputeInstanceSpec {
     /// CPU per replica in cores (e.g. 4 or 500m).
+    #[schemars(transform = positive_quantity)]
     pub cpu: Quantity,
     /// Memory per replica (e.g. 16Gi).
+    #[schemars(transform = positive_quantity)]
     pub memory: Quantity,
     /// Whole GPUs per replica.
     #[serde(default)]

@@ -8,6 +8,7 @@
 //! here and against a real cluster alike.
 
 pub mod chart;
+pub mod e2e;
 pub mod fakeapi;
 pub mod samples;
 

@@ -1,73 +1,18 @@
 //! End to end against the cluster in KUBECONFIG (kind, or any cluster with CEL validation):
 //! CRDs accepted by a real API server, every valid sample accepted, every invalid sample refused
-//! with its expected message and nothing created. Skips, saying so, when no cluster answers.
+//! with its expected message and nothing created. Skips, saying so, when no cluster answers
+//! (fails instead under `SOVEREIGN_E2E=required`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{Scope, pinned_kind};
+use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 use sovereign_operator::crds::{self, CrdState};
+use sovereign_tests::e2e::cluster;
 use sovereign_tests::samples::{invalid_samples, valid_objects};
-
-const MANAGER: &str = "sovereign-e2e";
-
-/// Says a test was skipped where people see it: straight to stderr, past the harness capture.
-fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: no cluster reachable through KUBECONFIG ({why})"
-    );
-}
-
-async fn cluster(test: &str) -> Option<kube::Client> {
-    match tokio::time::timeout(Duration::from_secs(15), sovereign_operator::connect()).await {
-        Ok(Ok(client)) => Some(client),
-        Ok(Err(e)) => {
-            skipped(test, &e.to_string());
-            None
-        }
-        Err(_) => {
-            skipped(test, "the API server did not answer within 15 s");
-            None
-        }
-    }
-}
-
-async fn api_for(client: &kube::Client, obj: &Value) -> Api<DynamicObject> {
-    let (group, version) = match obj["apiVersion"].as_str().unwrap().split_once('/') {
-        Some((g, v)) => (g.to_owned(), v.to_owned()),
-        None => (
-            String::new(),
-            obj["apiVersion"].as_str().unwrap().to_owned(),
-        ),
-    };
-    let gvk = GroupVersionKind::gvk(&group, &version, obj["kind"].as_str().unwrap());
-    let (resource, caps) = pinned_kind(client, &gvk).await.unwrap();
-    match caps.scope {
-        Scope::Namespaced => {
-            let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-            Api::namespaced_with(client.clone(), ns, &resource)
-        }
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-    }
-}
-
-async fn apply(client: &kube::Client, obj: &Value) -> Result<DynamicObject, kube::Error> {
-    let api = api_for(client, obj).await;
-    let name = obj["metadata"]["name"].as_str().unwrap();
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-}
 
 /// True when every field of `expected` has the same value in `live` (which also carries the
 /// defaults the API server filled in).
@@ -82,9 +27,10 @@ fn contains(live: &Value, expected: &Value) -> bool {
 
 #[tokio::test]
 async fn crds_and_samples_on_a_real_api_server() {
-    let Some(client) = cluster("crds_and_samples_on_a_real_api_server").await else {
+    let Some(cluster) = cluster("crds_and_samples_on_a_real_api_server").await else {
         return;
     };
+    let client = cluster.client.clone();
 
     crds::install(&client, Duration::from_mins(1))
         .await
@@ -94,7 +40,7 @@ async fn crds_and_samples_on_a_real_api_server() {
     }
 
     for (path, obj) in valid_objects().unwrap() {
-        if let Err(e) = apply(&client, &obj).await {
+        if let Err(e) = cluster.apply(&obj).await {
             panic!(
                 "{}: {} {} refused: {e}",
                 path.display(),
@@ -108,11 +54,12 @@ async fn crds_and_samples_on_a_real_api_server() {
     for s in invalid_samples().unwrap() {
         let name = s.path.file_name().unwrap().to_string_lossy().into_owned();
         if let Some(before) = &s.before {
-            apply(&client, before)
+            cluster
+                .apply(before)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: stored object refused: {e}"));
         }
-        match apply(&client, &s.object).await {
+        match cluster.apply(&s.object).await {
             Ok(_) => failures.push(format!("{name}: accepted")),
             Err(kube::Error::Api(status)) => {
                 if !(status.message.contains(&s.expect_field)
@@ -128,7 +75,7 @@ async fn crds_and_samples_on_a_real_api_server() {
         }
         // Nothing half-created: a refused create leaves no object; a refused update leaves the
         // stored spec as it was.
-        let api = api_for(&client, &s.object).await;
+        let api = cluster.api_for(&s.object).await;
         let obj_name = s.object["metadata"]["name"].as_str().unwrap();
         let stored = api.get_opt(obj_name).await.unwrap();
         match (&s.before, stored) {
@@ -147,16 +94,30 @@ async fn crds_and_samples_on_a_real_api_server() {
             (None, None) => {}
         }
     }
+    // Leave the cluster as found: later e2e tests run controllers that would act on them.
+    for (_, obj) in valid_objects().unwrap().iter().rev() {
+        if obj["kind"] == "Namespace" {
+            continue;
+        }
+        let api = cluster.api_for(obj).await;
+        let _ = api
+            .delete(
+                obj["metadata"]["name"].as_str().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[tokio::test]
 async fn kubectl_explain_has_descriptions_and_category_lists_every_kind() {
-    let Some(client) =
+    let Some(cluster) =
         cluster("kubectl_explain_has_descriptions_and_category_lists_every_kind").await
     else {
         return;
     };
+    let client = cluster.client.clone();
     crds::install(&client, Duration::from_mins(1))
         .await
         .unwrap();
@@ -198,11 +159,12 @@ async fn kubectl_explain_has_descriptions_and_category_lists_every_kind() {
             .as_object()
             .unwrap_or_else(|| panic!("{kind}: no properties"));
         for (field, schema) in props {
+            let description = schema["description"].as_str().unwrap_or_default();
+            assert!(!description.is_empty(), "{kind}.{field}");
+            // Paragraphs, not doc-comment line breaks in the middle of a sentence.
             assert!(
-                schema["description"]
-                    .as_str()
-                    .is_some_and(|d| !d.is_empty()),
-                "{kind}.{field}"
+                !description.replace("\n\n", "").contains('\n'),
+                "{kind}.{field}: {description:?}"
             );
         }
     }
