@@ -23,6 +23,61 @@ fn max(values: impl Iterator<Item = f64>) -> Option<f64> {
     values.reduce(f64::max)
 }
 
+/// Media tier as Sovereign schedules it: NVMe flash, other flash, spinning disk.
+fn tier(media_type: Option<&str>, protocol: Option<&str>) -> String {
+    let nvme = protocol.is_some_and(|p| p.eq_ignore_ascii_case("NVMe"));
+    match media_type {
+        Some(m) if m.eq_ignore_ascii_case("HDD") => "hdd",
+        Some(m) if m.eq_ignore_ascii_case("SSD") && nvme => "nvme",
+        Some(m) if m.eq_ignore_ascii_case("SSD") => "ssd",
+        None if nvme => "nvme",
+        _ => "",
+    }
+    .to_owned()
+}
+
+/// The worst component and why, in words (empty when everything is OK or unknown).
+fn health_reason(s: &BmcSample) -> String {
+    let worst = s.overall_health();
+    if matches!(worst, Health::Ok | Health::Unknown) {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    for c in &s.chassis {
+        if let Some(i) = c.intrusion.as_deref().filter(|i| *i != "Normal") {
+            parts.push(format!("chassis {} intrusion sensor: {i}", c.id));
+        }
+        if c.health == worst {
+            parts.push(format!("chassis {}: {:?}", c.id, c.health));
+        }
+        for p in c.power_supplies.iter().filter(|p| p.health == worst) {
+            parts.push(format!("power supply {}: {:?}", p.name, p.health));
+        }
+        for f in c.fans.iter().filter(|f| f.health == worst) {
+            parts.push(format!("fan {}: {:?}", f.name, f.health));
+        }
+    }
+    for sys in &s.systems {
+        if sys.health == worst || sys.health_rollup == worst {
+            parts.push(format!("system {}: {worst:?}", sys.id));
+        }
+    }
+    for d in s.drives.iter().filter(|d| d.health == worst) {
+        let predicted = if d.failure_predicted {
+            " (failure predicted)"
+        } else {
+            ""
+        };
+        parts.push(format!("drive {}: {:?}{predicted}", d.id, d.health));
+    }
+    parts.truncate(4);
+    parts.join("; ")
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Summary of one BMC poll for `server`.
 pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
     let system = s.systems.first();
@@ -44,7 +99,7 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
         inlet_celsius: max(s.chassis.iter().filter_map(|c| c.inlet_celsius)),
         cpu_max_celsius: max(s.chassis.iter().filter_map(|c| c.cpu_max_celsius)),
         intrusion,
-        drives: u32::try_from(s.drives.len()).unwrap_or(u32::MAX),
+        drives: count(s.drives.len()),
         drives_failure_predicted: u32::try_from(
             s.drives.iter().filter(|d| d.failure_predicted).count(),
         )
@@ -65,6 +120,57 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
         serial_number: system
             .and_then(|x| x.serial_number.clone())
             .unwrap_or_default(),
+        bios_version: system
+            .and_then(|x| x.bios_version.clone())
+            .unwrap_or_default(),
+        processor_model: system
+            .and_then(|x| x.processor_model.clone())
+            .unwrap_or_default(),
+        processor_count: system
+            .and_then(|x| x.processor_count)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or_default(),
+        logical_processors: system
+            .and_then(|x| x.logical_processors)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or_default(),
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        memory_bytes: system
+            .and_then(|x| x.memory_gib)
+            .filter(|g| g.is_finite() && *g > 0.0)
+            .map(|g| (g * 1024.0 * 1024.0 * 1024.0) as u64),
+        drive_list: s
+            .drives
+            .iter()
+            .map(|d| proto::Drive {
+                id: d.id.clone(),
+                tier: tier(d.media_type.as_deref(), d.protocol.as_deref()),
+                capacity_bytes: d.capacity_bytes,
+                health: health(d.health),
+                life_left_percent: d.life_left_percent,
+                failure_predicted: d.failure_predicted,
+                encryption_capable: d.encryption_capable,
+            })
+            .collect(),
+        fans: s
+            .chassis
+            .iter()
+            .flat_map(|c| &c.fans)
+            .map(|f| proto::Component {
+                name: f.name.clone(),
+                health: health(f.health),
+            })
+            .collect(),
+        power_supplies: s
+            .chassis
+            .iter()
+            .flat_map(|c| &c.power_supplies)
+            .map(|p| proto::Component {
+                name: p.name.clone(),
+                health: health(p.health),
+            })
+            .collect(),
+        health_reason: health_reason(s),
         unreadable: s
             .errors
             .iter()

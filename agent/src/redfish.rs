@@ -38,11 +38,61 @@ pub const REPAIRS: &[(&str, Repair)] = &[
     // DMTF mockups: EnvironmentMetrics and Drives without Id or Name.
     ("EnvironmentMetrics", repair_id_and_name),
     ("Drive", repair_id_and_name),
-    // PDUs and power shelves: Chassis without ChassisType.
-    ("Chassis", repair_chassis_type),
-    // Legacy StorageControllers array items without MemberId (DMTF tower).
-    ("Storage", repair_storage_controller_member_ids),
+    // PDUs and power shelves: Chassis without ChassisType; NVIDIA DGX: EROT chassis without
+    // Id. One bad member must not cost the whole Chassis section.
+    ("Chassis", repair_chassis),
+    // Legacy StorageControllers array items without MemberId (DMTF tower); NVIDIA DGX storage
+    // units without Id.
+    ("Storage", repair_storage),
+    // NVIDIA DGX: a Storage collection without Name.
+    ("StorageCollection", repair_collection_name),
 ];
+
+fn repair_chassis(v: Value) -> Value {
+    repair_chassis_type(repair_links(repair_id_and_name(v)))
+}
+
+/// Links are references: a BMC that inlines part of the target (NVIDIA's `ContainedBy` with
+/// sizes but no Id) is read as a half-expanded object and refused. Keep only `@odata.id`.
+fn repair_links(mut v: Value) -> Value {
+    fn reference_only(item: &mut Value) {
+        if let Some(o) = item.as_object_mut()
+            && let Some(id) = o.get("@odata.id").cloned()
+            && !o.contains_key("Id")
+        {
+            o.clear();
+            o.insert("@odata.id".into(), id);
+        }
+    }
+    if let Some(links) = v.get_mut("Links").and_then(Value::as_object_mut) {
+        for link in links.values_mut() {
+            match link {
+                Value::Array(items) => items.iter_mut().for_each(reference_only),
+                other => reference_only(other),
+            }
+        }
+    }
+    v
+}
+
+fn repair_storage(v: Value) -> Value {
+    repair_storage_controller_member_ids(repair_id_and_name(v))
+}
+
+/// A collection's Name is only a label: the last `@odata.id` segment stands in.
+fn repair_collection_name(mut v: Value) -> Value {
+    let id = v
+        .get("@odata.id")
+        .and_then(Value::as_str)
+        .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
+        .map(str::to_owned);
+    if let (Some(o), Some(id)) = (v.as_object_mut(), id) {
+        o.entry("Name").or_insert_with(|| json!(id));
+        // An empty collection that leaves out Members is still an empty collection.
+        o.entry("Members").or_insert_with(|| json!([]));
+    }
+    v
+}
 
 fn repair_service_root_links(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {

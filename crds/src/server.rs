@@ -27,6 +27,8 @@ use crate::common::{
     printcolumn = r#"{"name":"Health","type":"string","jsonPath":".status.health"}"#,
     printcolumn = r#"{"name":"Watts","type":"integer","jsonPath":".status.power.consumedWatts"}"#,
     printcolumn = r#"{"name":"Inlet °C","type":"number","jsonPath":".status.thermal.inletCelsius"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Schedulable\")].reason","priority":1}"#,
     printcolumn = r#"{"name":"Maintenance","type":"boolean","jsonPath":".spec.maintenance","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -163,7 +165,7 @@ pub struct ServerStatus {
     /// When the newest telemetry sample for this server was observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
-    /// Latest observations: Ready, BmcReachable, TelemetryFresh, Schedulable, ...
+    /// Latest observations: Reachable, Healthy, Secure, TelemetryFresh, Schedulable, Ready.
     #[serde(default)]
     #[schemars(transform = conditions_list_map, length(max = 16))]
     pub conditions: Vec<Condition>,
@@ -203,6 +205,23 @@ pub struct Inventory {
     /// Number of network interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_interfaces: Option<u32>,
+    /// Number of GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// When the inventory was read, and from where (redfish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
+}
+
+/// When and from which source a reading was taken.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation {
+    /// Time the agent took the reading.
+    pub observed_at: Time,
+    /// Where it came from: redfish (the BMC collector) or os (the node agent).
+    #[schemars(length(max = 16))]
+    pub source: String,
 }
 
 /// Power readings.
@@ -219,6 +238,9 @@ pub struct PowerStatus {
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub supplies: Vec<ComponentHealth>,
+    /// When and where the reading was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
 }
 
 /// Temperature and fan readings.
@@ -231,10 +253,16 @@ pub struct ThermalStatus {
     /// Hottest CPU temperature in °C.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_max_celsius: Option<f64>,
-    /// Fans and their health.
+    /// Number of fans the BMC reports.
+    #[serde(default)]
+    pub fan_count: u32,
+    /// Fans whose health is not OK (all fans are metrics, not status).
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub fans: Vec<ComponentHealth>,
+    /// When and where the reading was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
 }
 
 /// Health of one component (PSU, fan).
@@ -282,6 +310,9 @@ pub struct SecurityStatus {
     /// Intrusion sensor state; anything but Normal makes the server unschedulable.
     #[serde(default)]
     pub intrusion: IntrusionState,
+    /// When and where the reading was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
 }
 
 /// OS telemetry from the node agent.
@@ -306,4 +337,7 @@ pub struct OsStatus {
     /// Memory in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_used: Option<Quantity>,
+    /// When and where the reading was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observation>,
 }

@@ -1,12 +1,13 @@
 //! Sovereign operator library: everything the `sovereign-operator` binary does, testable.
 //!
-//! Today: installing and checking the Sovereign CRDs, summarising the inventory, and `plan`
-//! (placement from YAML files, no cluster needed). Controllers and telemetry aggregation land
-//! here as their issues are built.
+//! Installing and checking the Sovereign CRDs, summarising the inventory, `plan` (placement
+//! from YAML files, no cluster needed), the telemetry front and the controllers (`runtime`).
 
+pub mod controller;
 pub mod crds;
 pub mod inventory;
 pub mod plan;
+pub mod runtime;
 pub mod telemetry;
 
 use thiserror::Error;

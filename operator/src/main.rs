@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sovereign_operator::controller::StatusPolicy;
 use sovereign_operator::crds::CrdState;
-use sovereign_operator::{connect, crds, inventory, plan, telemetry};
+use sovereign_operator::{connect, crds, inventory, plan, runtime, telemetry};
 use sovereign_placement::from_crds::{HealthPolicy, PowerModel};
 use sovereign_placement::{CapacityPolicy, Strategy};
 
@@ -21,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Install (or with --check-only, verify) the CRDs in the cluster from KUBECONFIG,
     /// summarise the Sovereign inventory, then serve the agents' telemetry stream, /metrics
@@ -63,6 +65,31 @@ enum Command {
             default_value = "system:serviceaccount:sovereign-system:sovereign-agent"
         )]
         node_agents: Vec<String>,
+        /// Address of /livez, /readyz and the controllers' /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        admin_addr: std::net::SocketAddr,
+        /// Elect a leader on a Lease so several replicas can run; only the holder writes.
+        #[arg(long)]
+        leader_elect: bool,
+        /// Namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "sovereign-system")]
+        lease_namespace: String,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "sovereign-operator")]
+        lease_name: String,
+        /// This replica's identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a Lease is held without renewal; a dead leader is replaced after this.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+        lease_duration_seconds: u64,
+        /// A server without a BMC reading for this long is stale (default: three of its poll
+        /// intervals).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        stale_after_seconds: Option<u64>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Plan placements from YAML files (the objects users apply), without a cluster: records
     /// replicas already in status, places the rest, prints placements, refusals and capacity.
@@ -100,6 +127,12 @@ enum Command {
 enum Output {
     Table,
     Yaml,
+    Json,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
     Json,
 }
 
@@ -201,6 +234,14 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             plaintext_telemetry,
             collectors,
             node_agents,
+            admin_addr,
+            leader_elect,
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_duration_seconds,
+            stale_after_seconds,
+            log_format: _,
         } => {
             let options = telemetry::TelemetryOptions {
                 grpc_addr: telemetry_addr,
@@ -235,9 +276,25 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             if once {
                 return Ok(true);
             }
-            telemetry::serve(
+            let lease = leader_elect.then(|| runtime::LeaseOptions {
+                namespace: lease_namespace,
+                name: lease_name,
+                identity: identity.unwrap_or_else(default_identity),
+                duration_seconds: lease_duration_seconds,
+                grace_seconds: (lease_duration_seconds / 3).max(1),
+            });
+            let run_options = runtime::RunOptions {
+                telemetry: options,
+                admin_addr,
+                lease,
+                policy: StatusPolicy {
+                    stale_after: stale_after_seconds.map(Duration::from_secs),
+                    ..StatusPolicy::default()
+                },
+            };
+            runtime::run(
                 client,
-                options,
+                run_options,
                 sovereign_telemetry::cluster::shutdown_signal(),
             )
             .await?;
@@ -246,17 +303,40 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     }
 }
 
+/// Host name and process id: unique enough outside a pod (POD_NAME wins inside one).
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "sovereign-operator".to_owned(), |h| h.trim().to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Plain text for log collectors; colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let json = matches!(
+        cli.command,
+        Command::Run {
+            log_format: LogFormat::Json,
+            ..
+        }
+    );
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Plain text for log collectors; colours only on a terminal.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -235,6 +236,103 @@ impl Cluster {
         }
     }
 
+    /// Creates the ServiceAccount (if missing) and returns a token for it with `audiences`
+    /// (empty: the API server's own), valid for an hour.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+    ) -> String {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}});
+        sas.patch(name, &PatchParams::apply(MANAGER), &Patch::Apply(&sa))
+            .await
+            .unwrap_or_else(|e| panic!("ServiceAccount {namespace}/{name}: {e}"));
+        let request: TokenRequest = serde_json::from_value(json!({
+            "spec": {"audiences": audiences, "expirationSeconds": 3600}
+        }))
+        .unwrap_or_else(|e| panic!("token request: {e}"));
+        let answer = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("token for {namespace}/{name}: {e}"));
+        answer.status.map(|s| s.token).unwrap_or_default()
+    }
+
+    /// Writes a kubeconfig that authenticates as the ServiceAccount `namespace/name` (a real
+    /// token, so RBAC applies to a child process exactly as in a pod). Returns its path.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.service_account_token(namespace, name, &[]).await;
+        let admin = std::env::var("KUBECONFIG").unwrap_or_default();
+        let text =
+            std::fs::read_to_string(&admin).unwrap_or_else(|e| panic!("reading {admin}: {e}"));
+        let admin: Value =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{admin}: {e}"));
+        let cluster = &admin["clusters"][0]["cluster"];
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": cluster}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name, "namespace": namespace}}],
+            "current-context": "e2e",
+        });
+        let dir = std::env::temp_dir().join("sovereign-e2e-kubeconfigs");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{namespace}-{name}.yaml"));
+        std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    /// Applies the chart's ServiceAccounts, roles and bindings (rendered by helm with the CI
+    /// values, namespace `sovereign-system`), so components run with exactly the chart's rights.
+    pub async fn apply_chart_rbac(&self, helm: &Path) {
+        self.ensure_namespace("sovereign-system", &BTreeMap::new())
+            .await;
+        let objects = crate::chart::render(
+            &helm.to_path_buf(),
+            &["-f", &crate::chart::ci_values("default")],
+        )
+        .unwrap_or_else(|e| panic!("helm template: {e}"));
+        for obj in &objects {
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            if [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ]
+            .contains(&kind)
+            {
+                self.apply(obj)
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind} {}: {e}", obj["metadata"]["name"]));
+            }
+        }
+    }
+
+    /// Binds another ServiceAccount to the chart's operator roles (a second operator replica
+    /// with its own identity, so the audit log tells the replicas apart).
+    pub async fn bind_like_operator(&self, sa: &str) {
+        let ns = "sovereign-system";
+        for obj in [
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": format!("e2e-{sa}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sov-sovereign-operator"},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("e2e-{sa}"), "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sovereign-operator-leader-election"},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}),
+        ] {
+            self.apply(&obj)
+                .await
+                .unwrap_or_else(|e| panic!("binding {sa}: {e}"));
+        }
+    }
+
     /// The audit log of the local control plane (beside its kubeconfig), if there is one.
     pub fn audit_log(&self) -> Option<PathBuf> {
         let kubeconfig = std::env::var("KUBECONFIG").ok()?;
@@ -417,6 +515,13 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what its processes said last.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("---- last lines of {} ----\n{tail}", self.name);
+        }
     }
 }
 

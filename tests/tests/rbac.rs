@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use k8s_openapi::api::authentication::v1::TokenReview;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,13 +20,6 @@ use sovereign_tests::e2e::Access::{Allowed, Refused};
 use sovereign_tests::e2e::{Access, access, cluster};
 
 const NS: &str = "sovereign-system";
-const RBAC_KINDS: &[&str] = &[
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
 
 struct Check {
     who: &'static str,
@@ -42,15 +36,7 @@ async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
     let Some(helm) = chart::helm() else { return };
     cluster.install_crds().await;
     cluster.ensure_namespace(NS, &BTreeMap::new()).await;
-    let objects = chart::render(&helm, &["-f", &chart::ci_values("default")]).unwrap();
-    let mut applied = 0;
-    for obj in &objects {
-        if RBAC_KINDS.contains(&obj["kind"].as_str().unwrap_or_default()) {
-            cluster.apply(obj).await.unwrap();
-            applied += 1;
-        }
-    }
-    assert!(applied >= 7, "only {applied} RBAC objects rendered");
+    cluster.apply_chart_rbac(&helm).await;
 
     // Objects to ask about: a BMC Secret in the collector's namespace and one elsewhere.
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), NS);
@@ -158,6 +144,57 @@ async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": "rbac-e2e-escalate"}})).unwrap()
         )
+    );
+
+    // ... writes status (never specs), taints Nodes, holds its Lease in its own namespace.
+    let status_patch = Patch::Merge(json!({"status": {"health": "OK"}}));
+    check!(
+        "operator",
+        "patch a Server's status",
+        Allowed,
+        Api::<Server>::all(operator.clone()).patch_status(
+            "rbac-e2e",
+            &PatchParams::default(),
+            &status_patch
+        )
+    );
+    check!(
+        "operator",
+        "patch a Server's spec",
+        Refused,
+        Api::<Server>::all(operator.clone()).patch(
+            "rbac-e2e",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": true}}))
+        )
+    );
+    check!(
+        "operator",
+        "patch a Node (taints)",
+        Allowed,
+        Api::<Node>::all(operator.clone()).patch(
+            "rbac-e2e-node",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": []}}))
+        )
+    );
+    check!(
+        "operator",
+        "delete a Node",
+        Refused,
+        Api::<Node>::all(operator.clone()).delete("rbac-e2e-node", &DeleteParams::default())
+    );
+    check!(
+        "operator",
+        "get its Lease",
+        Allowed,
+        Api::<Lease>::namespaced(operator.clone(), NS).get("sovereign-operator")
+    );
+    check!(
+        "operator",
+        "get a Lease in kube-system",
+        Refused,
+        Api::<Lease>::namespaced(operator.clone(), "kube-system").get("kube-scheduler")
     );
 
     // The collector: which BMCs exist, and their credentials by name, in its namespace only.

@@ -104,7 +104,7 @@ pub fn server_health(server: &Server, policy: &HealthPolicy) -> Option<Unhealthy
             .find(|c| c.type_ == t)
             .map(|c| c.status)
     };
-    if condition("BmcReachable") == Some(ConditionStatus::False) {
+    if condition("Reachable") == Some(ConditionStatus::False) {
         return Some(Unhealthy::BmcUnreachable);
     }
     match &status.last_seen {
@@ -438,6 +438,7 @@ mod tests {
         let mut intruded = fresh();
         intruded.security = Some(SecurityStatus {
             intrusion: IntrusionState::HardwareIntrusion,
+            observed: None,
         });
         assert_eq!(
             server_health(&server(Some(intruded)), &policy(false)),
@@ -447,7 +448,7 @@ mod tests {
         let mut unreachable = fresh();
         unreachable
             .conditions
-            .push(condition("BmcReachable", ConditionStatus::False));
+            .push(condition("Reachable", ConditionStatus::False));
         assert_eq!(
             server_health(&server(Some(unreachable)), &policy(false)),
             Some(Unhealthy::BmcUnreachable)

@@ -142,6 +142,32 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The API's resource set for this vector (exact: cores or millicores, bytes); zero
+    /// classes are left out.
+    pub fn to_set(&self) -> ResourceSet {
+        let q = |v: u64| (v > 0).then(|| sovereign_crds::Quantity::new(v.to_string()));
+        let cpu = self.get(Class::Cpu);
+        let storage = sovereign_crds::TieredStorage {
+            nvme: q(self.get(Class::Nvme)),
+            ssd: q(self.get(Class::Ssd)),
+            hdd: q(self.get(Class::Hdd)),
+        };
+        ResourceSet {
+            cpu: (cpu > 0).then(|| {
+                sovereign_crds::Quantity::new(if cpu.is_multiple_of(1000) {
+                    (cpu / 1000).to_string()
+                } else {
+                    format!("{cpu}m")
+                })
+            }),
+            memory: q(self.get(Class::Memory)),
+            gpus: u32::try_from(self.get(Class::Gpu)).ok().filter(|g| *g > 0),
+            storage: (storage != sovereign_crds::TieredStorage::default()).then_some(storage),
+        }
+    }
+}
+
 /// Human units: cores, GiB, TiB.
 pub fn human(c: Class, v: u64) -> String {
     const GI: u64 = 1 << 30;

@@ -15,7 +15,11 @@ pub mod metrics;
 pub mod publisher;
 
 pub mod proto {
-    #![allow(clippy::pedantic, missing_debug_implementations)] // generated code
+    #![allow(
+        clippy::pedantic,
+        clippy::large_enum_variant,
+        missing_debug_implementations
+    )] // generated code
     tonic::include_proto!("sovereign.telemetry.v1");
 }
 

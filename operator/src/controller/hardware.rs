@@ -1,0 +1,281 @@
+//! The shells of the Server, Rack and Site controllers: read from stores and the hub, decide
+//! with the pure cores, then (leader only) taint the Node, patch status, publish Events.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Taint as NodeTaint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sovereign_crds::{ConditionStatus, Rack, Server, Site};
+use sovereign_telemetry::proto::Source;
+
+use super::conditions::Transition;
+use super::server_status::{self, Observed, TAINT_KEY, Taint};
+use super::{Context, Error, rollup};
+use crate::FIELD_MANAGER;
+
+/// Server-side applies `status` to the status subresource of a cluster-scoped object.
+async fn patch_status<K, S>(
+    ctx: &Context,
+    kind: &'static str,
+    name: &str,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize,
+{
+    let api: Api<K> = Api::all(ctx.client.clone());
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::StatusWrite {
+        kind,
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// Conditions whose True is good news: a flip to False is a Warning Event.
+fn event_type(t: &Transition) -> EventType {
+    if t.to == ConditionStatus::False {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    transitions: &[Transition],
+) {
+    for t in transitions {
+        // The first status of an object is not news.
+        if t.from.is_none() {
+            continue;
+        }
+        let event = Event {
+            type_: event_type(t),
+            reason: t.reason.clone(),
+            note: Some(
+                format!("{} {:?}: {}", t.type_, t.to, t.message)
+                    .chars()
+                    .take(1000)
+                    .collect(),
+            ),
+            action: format!("Observe{}", t.type_),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, "publishing Event failed");
+        }
+    }
+}
+
+/// Puts or removes the Sovereign taint on a Node; other taints are kept. Uses the Node's
+/// resourceVersion as a precondition so a concurrent change (kubelet, another controller) is a
+/// conflict to retry, never a lost taint.
+async fn ensure_taint(
+    ctx: &Context,
+    node_name: &str,
+    desired: Option<&Taint>,
+) -> Result<bool, Error> {
+    let Some(node) = ctx.nodes.get(&ObjectRef::new(node_name)) else {
+        return Ok(false);
+    };
+    let current: Vec<NodeTaint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut wanted: Vec<NodeTaint> = current
+        .iter()
+        .filter(|t| t.key != TAINT_KEY)
+        .cloned()
+        .collect();
+    if let Some(d) = desired {
+        let existing = current.iter().find(|t| {
+            t.key == TAINT_KEY && t.value.as_deref() == Some(&d.reason) && t.effect == d.effect
+        });
+        wanted.push(existing.cloned().unwrap_or_else(|| NodeTaint {
+            key: TAINT_KEY.to_owned(),
+            value: Some(d.reason.clone()),
+            effect: d.effect.to_owned(),
+            time_added: Some(Time(Timestamp::now())),
+        }));
+    }
+    let same = |a: &[NodeTaint], b: &[NodeTaint]| {
+        a.len() == b.len()
+            && a.iter().all(|x| {
+                b.iter()
+                    .any(|y| x.key == y.key && x.value == y.value && x.effect == y.effect)
+            })
+    };
+    if same(&current, &wanted) {
+        return Ok(false);
+    }
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": node.resource_version()},
+        "spec": {"taints": wanted},
+    });
+    api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Taint {
+            node: node_name.to_owned(),
+            source,
+        })?;
+    Ok(true)
+}
+
+/// Server: status from the hub's newest samples, Node taint, Events.
+pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut guard = ctx.metrics.start("server");
+    let name = server.metadata.name.clone().ok_or(Error::NoName)?;
+    let bmc = ctx
+        .hub
+        .latest(&name)
+        .into_iter()
+        .find(|s| s.source == Source::Redfish as i32);
+    let os = server.spec.node_name.as_deref().and_then(|node| {
+        ctx.hub
+            .latest(node)
+            .into_iter()
+            .find(|s| s.source == Source::Os as i32)
+    });
+    let decision = server_status::decide(
+        &server,
+        Observed {
+            bmc: bmc.as_ref(),
+            os: os.as_ref(),
+        },
+        Timestamp::now(),
+        &ctx.policy,
+    );
+    if !ctx.leader.is_leader() {
+        guard.result("follower");
+        return Ok(Action::requeue(decision.requeue_after));
+    }
+    if let Some(node) = &server.spec.node_name
+        && ensure_taint(&ctx, node, decision.taint.as_ref()).await?
+    {
+        tracing::info!(server = %name, node = %node, taint = ?decision.taint, "node taint updated");
+    }
+    if let Some(why) = decision.write {
+        let mut status = decision.status;
+        // Allocations are the placement ledger's to write.
+        status.allocated = None;
+        patch_status::<Server, _>(&ctx, "Server", &name, &status).await?;
+        ctx.metrics.write("Server", why);
+        guard.result("written");
+        for t in &decision.transitions {
+            tracing::info!(
+                server = %name, condition = t.type_, from = ?t.from, to = ?t.to,
+                reason = %t.reason, message = %t.message, "server condition changed"
+            );
+        }
+        publish(&ctx, &server.object_ref(&()), &decision.transitions).await;
+    } else {
+        guard.result("unchanged");
+    }
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+/// Rack: roll-up of its servers.
+pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut guard = ctx.metrics.start("rack");
+    let name = rack.metadata.name.clone().ok_or(Error::NoName)?;
+    let servers = ctx.servers.state();
+    let members: Vec<&Server> = servers
+        .iter()
+        .filter(|s| s.spec.rack == name)
+        .map(AsRef::as_ref)
+        .collect();
+    let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
+    if !ctx.leader.is_leader() {
+        guard.result("follower");
+        return Ok(Action::await_change());
+    }
+    if let Some(why) = decided.write {
+        let mut status = decided.status;
+        status.allocated = None;
+        patch_status::<Rack, _>(&ctx, "Rack", &name, &status).await?;
+        ctx.metrics.write("Rack", why);
+        guard.result("written");
+        publish(&ctx, &rack.object_ref(&()), &decided.transitions).await;
+    } else {
+        guard.result("unchanged");
+    }
+    Ok(Action::await_change())
+}
+
+/// Site: roll-up of its racks and their servers.
+pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut guard = ctx.metrics.start("site");
+    let name = site.metadata.name.clone().ok_or(Error::NoName)?;
+    let racks = ctx.racks.state();
+    let racks: Vec<&Rack> = racks
+        .iter()
+        .filter(|r| r.spec.site == name)
+        .map(AsRef::as_ref)
+        .collect();
+    let servers = ctx.servers.state();
+    let members: Vec<&Server> = servers
+        .iter()
+        .filter(|s| {
+            racks
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some(s.spec.rack.as_str()))
+        })
+        .map(AsRef::as_ref)
+        .collect();
+    let decided = rollup::site(&site, &racks, &members, &Time(Timestamp::now()));
+    if !ctx.leader.is_leader() {
+        guard.result("follower");
+        return Ok(Action::await_change());
+    }
+    if let Some(why) = decided.write {
+        let mut status = decided.status;
+        status.allocated = None;
+        patch_status::<Site, _>(&ctx, "Site", &name, &status).await?;
+        ctx.metrics.write("Site", why);
+        guard.result("written");
+        publish(&ctx, &site.object_ref(&()), &decided.transitions).await;
+    } else {
+        guard.result("unchanged");
+    }
+    Ok(Action::await_change())
+}
+
+/// Error policy shared by the three controllers: count, log once, back off with jitter.
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
+pub fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(
+        std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?"),
+        error.metric_label(),
+    );
+    tracing::warn!(error = %error, reason = error.reason(), "reconcile failed");
+    super::backoff(error)
+}

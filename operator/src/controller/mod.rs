@@ -1,0 +1,137 @@
+//! The operator's controllers: each a pure core (decide) and a thin shell (read from reflector
+//! stores, apply with server-side apply under one field manager, patch status only when the
+//! decision says it is worth it). Only the Lease holder writes; followers keep warm caches.
+
+pub mod conditions;
+pub mod hardware;
+pub mod metrics;
+pub mod rollup;
+pub mod server_status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use sovereign_crds::{Rack, Server, Site};
+use sovereign_telemetry::hub::Hub;
+use thiserror::Error;
+use tokio::sync::watch;
+
+pub use metrics::ControllerMetrics;
+pub use server_status::StatusPolicy;
+
+/// Errors of one reconcile, by stage, each with a condition/Event reason and a metric label.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("object has no name")]
+    NoName,
+    #[error("writing status of {kind} {name}: {source}")]
+    StatusWrite {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("tainting node {node}: {source}")]
+    Taint {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serialising {0}: {1}")]
+    Serialise(&'static str, #[source] serde_json::Error),
+}
+
+impl Error {
+    /// CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoName => "InvalidObject",
+            Self::StatusWrite { .. } => "StatusWriteFailed",
+            Self::Taint { .. } => "NodeTaintFailed",
+            Self::Serialise(..) => "InternalError",
+        }
+    }
+
+    /// Label value for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NoName => "invalid_object",
+            Self::StatusWrite { .. } => "status_write",
+            Self::Taint { .. } => "node_taint",
+            Self::Serialise(..) => "internal",
+        }
+    }
+
+    /// A conflict or a vanished object: retry soon rather than back off long.
+    fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::StatusWrite { source: kube::Error::Api(s), .. }
+                | Self::Taint { source: kube::Error::Api(s), .. } if s.code == 409
+        )
+    }
+}
+
+/// Who may write: the Lease holder. `None` means leader election is off (a single replica).
+#[derive(Clone, Debug)]
+pub struct Leadership(Option<watch::Receiver<bool>>);
+
+impl Leadership {
+    /// Always leading (no election: one replica, or tests).
+    pub fn always() -> Self {
+        Self(None)
+    }
+
+    /// Following the lease manager's channel.
+    pub fn from_lease(rx: watch::Receiver<bool>) -> Self {
+        Self(Some(rx))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.0.as_ref().is_none_or(|rx| *rx.borrow())
+    }
+}
+
+/// What every reconcile reads and writes through.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub hub: Arc<Hub>,
+    pub servers: Store<Server>,
+    pub racks: Store<Rack>,
+    pub sites: Store<Site>,
+    pub nodes: Store<k8s_openapi::api::core::v1::Node>,
+    pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
+    pub policy: StatusPolicy,
+    pub leader: Leadership,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("servers", &self.servers.len())
+            .field("leader", &self.leader.is_leader())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Event reporter of this process.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: crate::FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// Retry after an error: soon for conflicts (someone else wrote first), else 5 s plus up to
+/// 5 s of jitter so a burst of failures (API server restart) does not come back in lockstep.
+pub fn backoff(error: &Error) -> Action {
+    if error.is_conflict() {
+        return Action::requeue(Duration::from_millis(200 + fastrand::u64(0..300)));
+    }
+    Action::requeue(Duration::from_millis(5_000 + fastrand::u64(0..5_000)))
+}

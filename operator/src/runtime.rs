@@ -1,0 +1,383 @@
+//! `sovereign-operator run`: the telemetry front, the Server/Rack/Site controllers, leader
+//! election on a Lease and the admin endpoints (`/livez`, `/readyz`, `/metrics`), together
+//! until the shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use sovereign_crds::{Rack, Server, Site};
+use sovereign_telemetry::cluster::mirror;
+use sovereign_telemetry::hub::Hub;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{self, Context, ControllerMetrics, Leadership, StatusPolicy, hardware};
+use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
+
+/// Errors that stop `run`.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("binding the admin endpoint {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+}
+
+/// Leader election settings.
+#[derive(Clone, Debug)]
+pub struct LeaseOptions {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    pub identity: String,
+    pub duration_seconds: u64,
+    pub grace_seconds: u64,
+}
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub telemetry: TelemetryOptions,
+    pub admin_addr: SocketAddr,
+    /// None: this replica always writes (one replica only).
+    pub lease: Option<LeaseOptions>,
+    pub policy: StatusPolicy,
+}
+
+/// Server names the hub reports changed, as Server references (node agents publish under their
+/// node's name).
+fn hub_triggers(
+    hub: &Hub,
+    servers: Store<Server>,
+) -> impl Stream<Item = ObjectRef<Server>> + Send + 'static {
+    let rx = hub.subscribe();
+    futures::stream::unfold((rx, servers), |(mut rx, servers)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(name) => {
+                    let direct = ObjectRef::<Server>::new(&name);
+                    let target = if servers.get(&direct).is_some() {
+                        Some(direct)
+                    } else {
+                        servers
+                            .find(|s| s.spec.node_name.as_deref() == Some(name.as_str()))
+                            .map(|s| ObjectRef::from(s.as_ref()))
+                    };
+                    if let Some(t) = target {
+                        return Some((t, (rx, servers)));
+                    }
+                }
+                // Missed notifications are caught by each server's requeue timer.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "telemetry change notifications lagged");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// Fires once each time this replica becomes the leader, so it reconciles everything it
+/// skipped while following.
+fn on_leadership(rx: Option<watch::Receiver<bool>>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |rx| async move {
+        let mut rx = rx?;
+        loop {
+            if rx.changed().await.is_err() {
+                return None;
+            }
+            if *rx.borrow_and_update() {
+                return Some(((), Some(rx)));
+            }
+        }
+    })
+}
+
+/// Node store without status and managed fields (only taints are read).
+fn node_store(client: &kube::Client) -> Store<Node> {
+    let (store, writer) = reflector::store();
+    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|n| {
+            n.status = None;
+            n.metadata.managed_fields = None;
+        })
+        .reflect(writer)
+        .applied_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, watch = "Node", "watch error; retrying");
+            }
+        }
+    });
+    store
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<ControllerMetrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+}
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let stop = CancellationToken::new();
+    let metrics = Arc::new(ControllerMetrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = tokio::net::TcpListener::bind(options.admin_addr)
+        .await
+        .map_err(|source| RunError::AdminBind {
+            addr: options.admin_addr,
+            source,
+        })?;
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        metrics.clone(),
+        ready.clone(),
+        stop.clone(),
+    ));
+
+    let (leadership, lease_rx, lease_task) = match &options.lease {
+        None => (Leadership::always(), None, None),
+        Some(l) => {
+            let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &l.name)
+                .with_namespace(&l.namespace)
+                .with_identity(&l.identity)
+                .with_duration(l.duration_seconds)
+                .with_grace(l.grace_seconds)
+                .with_field_manager(crate::FIELD_MANAGER)
+                .build()
+                .await
+                .map_err(|source| RunError::Lease {
+                    namespace: l.namespace.clone(),
+                    name: l.name.clone(),
+                    source,
+                })?;
+            let (rx, task) = manager.watch().await;
+            (Leadership::from_lease(rx.clone()), Some(rx), Some(task))
+        }
+    };
+    if let Some(rx) = lease_rx.clone() {
+        let metrics = metrics.clone();
+        let identity = options
+            .lease
+            .as_ref()
+            .map(|l| l.identity.clone())
+            .unwrap_or_default();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            loop {
+                let leading = *rx.borrow_and_update();
+                metrics.set_leader(leading);
+                tracing::info!(identity = %identity, leading, "leadership");
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    } else {
+        metrics.set_leader(true);
+    }
+
+    let front = Front::start(client.clone(), options.telemetry.clone()).await?;
+    let hub = front.hub();
+    let servers = mirror(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        "Server",
+    );
+    let racks = mirror(
+        Api::<Rack>::all(client.clone()),
+        watcher::Config::default(),
+        "Rack",
+    );
+    let sites = mirror(
+        Api::<Site>::all(client.clone()),
+        watcher::Config::default(),
+        "Site",
+    );
+    let nodes = node_store(&client);
+    let _ = tokio::join!(
+        servers.wait_until_ready(),
+        racks.wait_until_ready(),
+        sites.wait_until_ready(),
+        nodes.wait_until_ready()
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        hub: hub.clone(),
+        servers: servers.clone(),
+        racks: racks.clone(),
+        sites: sites.clone(),
+        nodes,
+        recorder: Recorder::new(client.clone(), controller::reporter()),
+        metrics: metrics.clone(),
+        policy: options.policy.clone(),
+        leader: leadership,
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("caches synced; controllers starting");
+
+    let shutdown_signal = || stop.clone().cancelled_owned();
+    let config = kube::runtime::controller::Config::default().debounce(Duration::from_millis(50));
+    let server_controller = Controller::new(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(hub_triggers(&hub, servers.clone()))
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        hardware::reconcile_server,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let rack_controller =
+        Controller::new(Api::<Rack>::all(client.clone()), watcher::Config::default())
+            .with_config(config.clone())
+            .watches(
+                Api::<Server>::all(client.clone()),
+                watcher::Config::default(),
+                |s: Server| Some(ObjectRef::new(&s.spec.rack)),
+            )
+            .reconcile_all_on(on_leadership(lease_rx.clone()))
+            .graceful_shutdown_on(shutdown_signal())
+            .run(
+                hardware::reconcile_rack,
+                hardware::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| async {});
+    let site_racks = racks.clone();
+    let site_controller =
+        Controller::new(Api::<Site>::all(client.clone()), watcher::Config::default())
+            .with_config(config)
+            .watches(
+                Api::<Rack>::all(client.clone()),
+                watcher::Config::default(),
+                |r: Rack| Some(ObjectRef::new(&r.spec.site)),
+            )
+            .watches(
+                Api::<Server>::all(client.clone()),
+                watcher::Config::default(),
+                move |s: Server| {
+                    site_racks
+                        .get(&ObjectRef::new(&s.spec.rack))
+                        .map(|r| ObjectRef::new(&r.spec.site))
+                },
+            )
+            .reconcile_all_on(on_leadership(lease_rx))
+            .graceful_shutdown_on(shutdown_signal())
+            .run(
+                hardware::reconcile_site,
+                hardware::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| async {});
+
+    let front_stop = stop.clone();
+    let front_task = {
+        let stop = stop.clone();
+        async move {
+            let result = front
+                .serve(async move { front_stop.cancelled().await })
+                .await;
+            // The front failing (a port taken) stops everything rather than half-running.
+            stop.cancel();
+            result
+        }
+    };
+    let stopper = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        }
+    };
+    let (front_result, (), (), (), ()) = tokio::join!(
+        front_task,
+        server_controller,
+        rack_controller,
+        site_controller,
+        stopper
+    );
+    stop.cancel();
+    drop(ctx);
+    // Dropping the receivers makes the lease manager release the Lease for a fast hand-over.
+    if let Some(task) = lease_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+    front_result?;
+    Ok(())
+}
