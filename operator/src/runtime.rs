@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use sovereign_crds::{Rack, Server, Site};
-use sovereign_telemetry::cluster::mirror;
+use sovereign_telemetry::cluster::{mirror, mirror_trimmed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -117,24 +117,15 @@ fn on_leadership(rx: Option<watch::Receiver<bool>>) -> impl Stream<Item = ()> + 
 
 /// Node store without status and managed fields (only taints are read).
 fn node_store(client: &kube::Client) -> Store<Node> {
-    let (store, writer) = reflector::store();
-    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|n| {
+    mirror_trimmed(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        "Node",
+        |n: &mut Node| {
             n.status = None;
             n.metadata.managed_fields = None;
-        })
-        .reflect(writer)
-        .applied_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, watch = "Node", "watch error; retrying");
-            }
-        }
-    });
-    store
+        },
+    )
 }
 
 async fn serve_admin(

@@ -21,12 +21,7 @@ use super::{Context, Error, rollup};
 use crate::FIELD_MANAGER;
 
 /// Server-side applies `status` to the status subresource of a cluster-scoped object.
-async fn patch_status<K, S>(
-    ctx: &Context,
-    kind: &'static str,
-    name: &str,
-    status: &S,
-) -> Result<(), Error>
+async fn patch_status<K, S>(ctx: &Context, kind: &str, name: &str, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
         + Clone
@@ -48,7 +43,7 @@ where
     .await
     .map(|_| ())
     .map_err(|source| Error::StatusWrite {
-        kind,
+        kind: kind.to_owned(),
         name: name.to_owned(),
         source,
     })
@@ -211,21 +206,19 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         .map(AsRef::as_ref)
         .collect();
     let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
-    if !ctx.leader.is_leader() {
-        guard.result("follower");
-        return Ok(Action::await_change());
-    }
-    if let Some(why) = decided.write {
-        let mut status = decided.status;
-        status.allocated = None;
-        patch_status::<Rack, _>(&ctx, "Rack", &name, &status).await?;
-        ctx.metrics.write("Rack", why);
-        guard.result("written");
-        publish(&ctx, &rack.object_ref(&()), &decided.transitions).await;
-    } else {
-        guard.result("unchanged");
-    }
-    Ok(Action::await_change())
+    let mut status = decided.status.clone();
+    // Allocations are the placement ledger's to write.
+    status.allocated = None;
+    write_rollup::<Rack, _>(
+        &ctx,
+        &mut guard,
+        &rack.object_ref(&()),
+        &name,
+        decided.write,
+        &status,
+        &decided.transitions,
+    )
+    .await
 }
 
 /// Site: roll-up of its racks and their servers.
@@ -249,20 +242,52 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         .map(AsRef::as_ref)
         .collect();
     let decided = rollup::site(&site, &racks, &members, &Time(Timestamp::now()));
+    let mut status = decided.status.clone();
+    // Allocations are the placement ledger's to write.
+    status.allocated = None;
+    write_rollup::<Site, _>(
+        &ctx,
+        &mut guard,
+        &site.object_ref(&()),
+        &name,
+        decided.write,
+        &status,
+        &decided.transitions,
+    )
+    .await
+}
+
+/// The shared tail of the roll-up controllers: only the leader writes, and only when the
+/// decision says the status is worth it; then the Events of what changed.
+async fn write_rollup<K, S>(
+    ctx: &Context,
+    guard: &mut super::metrics::ReconcileGuard<'_>,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    name: &str,
+    write: Option<&'static str>,
+    status: &S,
+    transitions: &[Transition],
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize,
+{
     if !ctx.leader.is_leader() {
         guard.result("follower");
         return Ok(Action::await_change());
     }
-    if let Some(why) = decided.write {
-        let mut status = decided.status;
-        status.allocated = None;
-        patch_status::<Site, _>(&ctx, "Site", &name, &status).await?;
-        ctx.metrics.write("Site", why);
-        guard.result("written");
-        publish(&ctx, &site.object_ref(&()), &decided.transitions).await;
-    } else {
+    let Some(why) = write else {
         guard.result("unchanged");
-    }
+        return Ok(Action::await_change());
+    };
+    let kind = K::kind(&()).into_owned();
+    patch_status::<K, _>(ctx, &kind, name, status).await?;
+    ctx.metrics.write(&kind, why);
+    guard.result("written");
+    publish(ctx, reference, transitions).await;
     Ok(Action::await_change())
 }
 

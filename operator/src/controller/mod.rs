@@ -29,7 +29,7 @@ pub enum Error {
     NoName,
     #[error("writing status of {kind} {name}: {source}")]
     StatusWrite {
-        kind: &'static str,
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,

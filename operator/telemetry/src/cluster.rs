@@ -18,9 +18,30 @@ where
         + Sync
         + 'static,
 {
+    mirror_trimmed(api, config, what, |_| {})
+}
+
+/// [`mirror`] that trims each object before storing it (drop status or managed fields the
+/// caller never reads, so large fleets cost less memory).
+pub fn mirror_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
+        .modify(trim)
         .reflect(writer)
         .applied_objects();
     tokio::spawn(async move {
