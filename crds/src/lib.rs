@@ -4,6 +4,7 @@
 //! [`ComputeInstance`]. The CRD YAML under `crds/` is generated from these types by
 //! `cargo run -p sovereign-crds --bin crdgen`; a test fails when it drifts.
 
+pub mod admission;
 pub mod common;
 pub mod quantity;
 pub mod rack;
@@ -171,6 +172,15 @@ pub fn crd_dir() -> PathBuf {
 /// The Helm chart's copy of the CRDs (`charts/sovereign/crds`), generated alongside.
 pub fn chart_crd_dir() -> PathBuf {
     crd_dir().join("../charts/sovereign/crds")
+}
+
+/// Where the admission policies are generated: beside the CRDs, and into the chart's
+/// templates (plain YAML, no templating).
+pub fn admission_files() -> [PathBuf; 2] {
+    [
+        crd_dir().join("admission/policies.yaml"),
+        crd_dir().join("../charts/sovereign/templates/admission-policies.yaml"),
+    ]
 }
 
 /// Every directory the CRD YAML is generated into.

@@ -56,7 +56,11 @@ pub struct TenantSpec {
     #[schemars(
         length(max = 16),
         inner(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
-        extend("x-kubernetes-list-type" = "set")
+        extend("x-kubernetes-list-type" = "set"),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self.all(n, !(n in ['default', 'sovereign-system']) && !n.startsWith('kube-'))",
+            "message": "system namespaces (default, kube-*, sovereign-system) cannot belong to a tenant"
+        }])
     )]
     pub namespaces: Vec<String>,
 }

@@ -124,7 +124,43 @@ pub async fn install(client: &kube::Client, timeout: Duration) -> Result<Vec<Str
             }
         }
     }
+    install_admission(client).await?;
     Ok(names)
+}
+
+/// Applies the admission policies and their bindings (after the CRDs: the tenant-uniqueness
+/// policy takes Tenants as parameters).
+pub async fn install_admission(client: &kube::Client) -> Result<(), Error> {
+    use kube::api::DynamicObject;
+    use kube::core::GroupVersionKind;
+    use kube::discovery::ApiResource;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for obj in sovereign_crds::admission::policies() {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", &kind);
+        let lower = kind.to_ascii_lowercase();
+        // ValidatingAdmissionPolicy → validatingadmissionpolicies; …Binding → …bindings.
+        let plural = match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
+        };
+        let api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, &plural),
+        );
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|source| Error::Api {
+                context: format!("apply {kind} {name}"),
+                source,
+            })?;
+        tracing::info!(kind = %kind, name = %name, "applied");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,20 +9,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use sovereign_crds::{Rack, Server, Site};
+use sovereign_crds::{Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::cluster::{mirror, mirror_trimmed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Context, ControllerMetrics, Leadership, StatusPolicy, hardware};
+use crate::controller::{
+    self, Context, ControllerMetrics, Leadership, StatusPolicy, hardware, tenant, tenants,
+};
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
 
 /// Errors that stop `run`.
@@ -126,6 +130,63 @@ fn node_store(client: &kube::Client) -> Store<Node> {
             n.metadata.managed_fields = None;
         },
     )
+}
+
+/// Objects the operator owns in tenant namespaces carry the tenant's label: a change to one
+/// (a deleted NetworkPolicy, an edited RoleBinding) reconciles its tenant, which repairs it.
+fn by_tenant_label<K: kube::Resource>(obj: &K) -> Option<ObjectRef<Tenant>> {
+    obj.meta()
+        .labels
+        .as_ref()?
+        .get(tenant::TENANT_LABEL)
+        .map(|t| ObjectRef::new(t))
+}
+
+fn tenant_controller(
+    client: &kube::Client,
+    namespaces: &Store<Namespace>,
+    lease_rx: Option<watch::Receiver<bool>>,
+) -> Controller<Tenant> {
+    let owned = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        crate::FIELD_MANAGER
+    ));
+    let ns_store = namespaces.clone();
+    Controller::new(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(50)))
+    .watches(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        |n: Namespace| by_tenant_label(&n),
+    )
+    .watches(
+        Api::<ResourceQuota>::all(client.clone()),
+        owned.clone(),
+        |o: ResourceQuota| by_tenant_label(&o),
+    )
+    .watches(
+        Api::<NetworkPolicy>::all(client.clone()),
+        owned.clone(),
+        |o: NetworkPolicy| by_tenant_label(&o),
+    )
+    .watches(
+        Api::<RoleBinding>::all(client.clone()),
+        owned,
+        |o: RoleBinding| by_tenant_label(&o),
+    )
+    // A volume going away may unblock its tenant's deletion.
+    .watches(
+        Api::<StorageVolume>::all(client.clone()),
+        watcher::Config::default(),
+        move |v: StorageVolume| {
+            let ns = ns_store.get(&ObjectRef::new(v.metadata.namespace.as_deref()?))?;
+            by_tenant_label(ns.as_ref())
+        },
+    )
+    .reconcile_all_on(on_leadership(lease_rx))
 }
 
 async fn serve_admin(
@@ -255,11 +316,26 @@ pub async fn run(
         "Site",
     );
     let nodes = node_store(&client);
+    let namespaces = mirror_trimmed(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        "Namespace",
+        |n: &mut Namespace| {
+            n.metadata.managed_fields = None;
+        },
+    );
+    let volumes = mirror(
+        Api::<StorageVolume>::all(client.clone()),
+        watcher::Config::default(),
+        "StorageVolume",
+    );
     let _ = tokio::join!(
         servers.wait_until_ready(),
         racks.wait_until_ready(),
         sites.wait_until_ready(),
-        nodes.wait_until_ready()
+        nodes.wait_until_ready(),
+        namespaces.wait_until_ready(),
+        volumes.wait_until_ready()
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -268,6 +344,8 @@ pub async fn run(
         racks: racks.clone(),
         sites: sites.clone(),
         nodes,
+        namespaces: namespaces.clone(),
+        volumes,
         recorder: Recorder::new(client.clone(), controller::reporter()),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
@@ -326,7 +404,7 @@ pub async fn run(
                         .map(|r| ObjectRef::new(&r.spec.site))
                 },
             )
-            .reconcile_all_on(on_leadership(lease_rx))
+            .reconcile_all_on(on_leadership(lease_rx.clone()))
             .graceful_shutdown_on(shutdown_signal())
             .run(
                 hardware::reconcile_site,
@@ -334,6 +412,15 @@ pub async fn run(
                 ctx.clone(),
             )
             .for_each(|_| async {});
+
+    let tenant_controller = tenant_controller(&client, &namespaces, lease_rx.clone())
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            tenants::reconcile_tenant,
+            hardware::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
     let front_stop = stop.clone();
     let front_task = {
@@ -355,11 +442,12 @@ pub async fn run(
             stop.cancel();
         }
     };
-    let (front_result, (), (), (), ()) = tokio::join!(
+    let (front_result, (), (), (), (), ()) = tokio::join!(
         front_task,
         server_controller,
         rack_controller,
         site_controller,
+        tenant_controller,
         stopper
     );
     stop.cancel();

@@ -142,6 +142,32 @@ impl Cluster {
         .await
     }
 
+    /// Server-side applies the admission policies and bindings (idempotent).
+    pub async fn install_admission(&self) {
+        for obj in sovereign_crds::admission::policies() {
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+            let lower = kind.to_ascii_lowercase();
+            // ValidatingAdmissionPolicy → validatingadmissionpolicies; …Binding → …bindings.
+            let plural = match lower.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{lower}s"),
+            };
+            let api: Api<DynamicObject> = Api::all_with(
+                self.client.clone(),
+                &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, &plural),
+            );
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            api.patch(
+                name,
+                &PatchParams::apply("sovereign-operator").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+        }
+    }
+
     /// A client that acts as `user` (and `groups`) through impersonation, so RBAC is checked
     /// by the real authorizer as if that identity had sent the request.
     pub fn impersonate(&self, user: &str, groups: &[&str]) -> kube::Client {

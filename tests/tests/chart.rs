@@ -29,16 +29,32 @@ fn lints_for_every_ci_values_file() {
     }
 }
 
-// Writes are only these: token reviews, status subresources (never specs), node
-// taints, Events, and the operator's own Lease. Nothing is ever deleted.
+// Writes are only these: token reviews, status subresources (never specs but the Tenant's
+// finalizer), node taints, Events, the operator's own Lease, and tenant onboarding (namespaces
+// and what the operator owns in them).
 const WRITABLE: &[&str] = &[
     "tokenreviews",
     "servers/status",
     "racks/status",
     "sites/status",
+    "tenants/status",
+    "tenants",
     "nodes",
     "events",
     "leases",
+    "namespaces",
+    "resourcequotas",
+    "networkpolicies",
+    "rolebindings",
+];
+// Deletes: what the operator created for a tenant, and a cascaded tenant's workloads.
+const DELETABLE: &[&str] = &[
+    "namespaces",
+    "resourcequotas",
+    "networkpolicies",
+    "rolebindings",
+    "storagevolumes",
+    "computeinstances",
 ];
 
 #[test]
@@ -65,15 +81,27 @@ fn rbac_is_least_privilege() {
                 assert_eq!(o["kind"], "Role", "Secrets only in a namespaced Role");
                 assert_eq!(r.verbs, ["get"], "Secrets are read by name, never listed");
             }
-            assert!(
-                !r.verbs
-                    .iter()
-                    .any(|v| v == "delete" || v == "deletecollection"),
-                "{}: deletes",
-                o["metadata"]["name"]
-            );
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            // The tenant-admin role is what tenants get: their own workloads only.
+            let tenant_role = name == "sovereign-tenant-admin";
+            if r.verbs
+                .iter()
+                .any(|v| v == "delete" || v == "deletecollection")
+            {
+                for res in r.resources.iter().flatten() {
+                    assert!(DELETABLE.contains(&res.as_str()), "{name}: deletes {res}");
+                }
+            }
+            if tenant_role {
+                for res in r.resources.iter().flatten() {
+                    assert!(
+                        !["secrets", "servers", "namespaces", "nodes"].contains(&res.as_str()),
+                        "tenant admins get {res}"
+                    );
+                }
+            }
             for write in ["create", "update", "patch"] {
-                if r.verbs.iter().any(|v| v == write) {
+                if !tenant_role && r.verbs.iter().any(|v| v == write) {
                     for res in r.resources.iter().flatten() {
                         assert!(
                             WRITABLE.contains(&res.as_str()),

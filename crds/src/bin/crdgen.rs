@@ -1,5 +1,6 @@
-//! Writes the CRD YAML under `crds/` and `charts/sovereign/crds/`, or with `--check` fails when
-//! the committed files drift.
+//! Writes the CRD YAML under `crds/` and `charts/sovereign/crds/` and the admission policies
+//! (`crds/admission/`, the chart's templates), or with `--check` fails when the committed files
+//! drift.
 
 use std::process::ExitCode;
 
@@ -37,6 +38,34 @@ fn main() -> ExitCode {
                 eprintln!("crdgen: {e}");
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    let policies = match sovereign_crds::admission::render() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("crdgen: admission policies: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for path in sovereign_crds::admission_files() {
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(policies.as_str()) {
+                eprintln!(
+                    "drift: {} differs from the generated admission policies; run hack/crdgen.sh",
+                    path.display()
+                );
+                ok = false;
+            }
+        } else {
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, &policies));
+            if let Err(e) = written {
+                eprintln!("crdgen: writing {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            println!("wrote {}", path.display());
         }
     }
     if ok {

@@ -58,7 +58,7 @@ fn event_type(t: &Transition) -> EventType {
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     transitions: &[Transition],
@@ -301,6 +301,10 @@ pub fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
             .unwrap_or("?"),
         error.metric_label(),
     );
-    tracing::warn!(error = %error, reason = error.reason(), "reconcile failed");
+    if error.is_wait() {
+        tracing::info!(reason = error.reason(), "{error}");
+    } else {
+        tracing::warn!(error = %error, reason = error.reason(), "reconcile failed");
+    }
     super::backoff(error)
 }

@@ -7,6 +7,8 @@ pub mod hardware;
 pub mod metrics;
 pub mod rollup;
 pub mod server_status;
+pub mod tenant;
+pub mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +42,22 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("serialising {0}: {1}")]
-    Serialise(&'static str, #[source] serde_json::Error),
+    #[error("applying {what}: {source}")]
+    Apply {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {what}: {source}")]
+    Delete {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deletion waits for StorageVolumes to go: {}", .0.join(", "))]
+    DeletionBlocked(Vec<String>),
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -51,7 +67,14 @@ impl Error {
             Self::NoName => "InvalidObject",
             Self::StatusWrite { .. } => "StatusWriteFailed",
             Self::Taint { .. } => "NodeTaintFailed",
-            Self::Serialise(..) => "InternalError",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::Delete { .. } => "DeleteFailed",
+            Self::DeletionBlocked(_) => "DeletionBlocked",
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "FinalizerFailed",
+            },
         }
     }
 
@@ -61,8 +84,20 @@ impl Error {
             Self::NoName => "invalid_object",
             Self::StatusWrite { .. } => "status_write",
             Self::Taint { .. } => "node_taint",
-            Self::Serialise(..) => "internal",
+            Self::Apply { .. } => "apply",
+            Self::Delete { .. } => "delete",
+            Self::DeletionBlocked(_) => "deletion_blocked",
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
         }
+    }
+
+    /// Expected waits (a tenant held by its volumes) are not failures worth a warning.
+    pub fn is_wait(&self) -> bool {
+        self.reason() == "DeletionBlocked"
     }
 
     /// A conflict or a vanished object: retry soon rather than back off long.
@@ -104,6 +139,8 @@ pub struct Context {
     pub racks: Store<Rack>,
     pub sites: Store<Site>,
     pub nodes: Store<k8s_openapi::api::core::v1::Node>,
+    pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
+    pub volumes: Store<sovereign_crds::StorageVolume>,
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
     pub policy: StatusPolicy,

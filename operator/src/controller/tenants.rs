@@ -1,0 +1,278 @@
+//! The Tenant controller's shell: namespaces created or adopted, their quota, network policies
+//! and admin binding applied with server-side apply (one field manager), status written, and a
+//! finalizer that holds deletion while volumes live and releases namespaces when it goes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use sovereign_crds::{ComputeInstance, StorageVolume, Tenant, TenantStatus};
+
+use super::conditions;
+use super::tenant::{
+    self, ADMIN_BINDING, ALLOW_POLICY, CASCADE_ANNOTATION, DENY_POLICY, FINALIZER, NamespacePlan,
+    QUOTA_NAME, TENANT_LABEL,
+};
+use super::{Context, Error};
+use crate::FIELD_MANAGER;
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn api_for(ctx: &Context, obj: &Value) -> Api<DynamicObject> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let plural = match kind {
+        "NetworkPolicy" => "networkpolicies".to_owned(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    };
+    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    }
+}
+
+/// Server-side applies one object (a manifest as JSON).
+async fn apply(ctx: &Context, obj: &Value) -> Result<(), Error> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    api_for(ctx, obj)
+        .patch(name, &apply_params(), &Patch::Apply(obj))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Apply {
+            what: format!("{} {name}", obj["kind"].as_str().unwrap_or_default()),
+            source,
+        })
+}
+
+/// Deletes an object the operator owns; absent is fine.
+async fn delete_owned<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            what: format!("{} {ns}/{name}", K::kind(&())),
+            source,
+        }),
+    }
+}
+
+/// Everything one tenant namespace gets.
+async fn onboard(ctx: &Context, t: &Tenant, ns: &str, created: bool) -> Result<(), Error> {
+    apply(ctx, &tenant::namespace(t, ns, created)).await?;
+    match tenant::quota(t, ns) {
+        Some(q) => apply(ctx, &q).await?,
+        None => delete_owned::<ResourceQuota>(ctx, ns, QUOTA_NAME).await?,
+    }
+    for policy in tenant::network_policies(t, ns) {
+        apply(ctx, &policy).await?;
+    }
+    match tenant::admin_binding(t, ns) {
+        Some(b) => apply(ctx, &b).await?,
+        None => delete_owned::<RoleBinding>(ctx, ns, ADMIN_BINDING).await?,
+    }
+    Ok(())
+}
+
+/// Gives a namespace back: deleted when the operator created it; otherwise its objects are
+/// removed and the labels the operator set are taken away (the namespace stays).
+async fn release(ctx: &Context, ns: &Namespace) -> Result<(), Error> {
+    let name = ns.name_any();
+    let created = tenant::plan_namespace(
+        ns.labels().get(TENANT_LABEL).map_or("", String::as_str),
+        Some(ns),
+    ) == (NamespacePlan::Keep { created: true });
+    if created {
+        let api: Api<Namespace> = Api::all(ctx.client.clone());
+        return match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(source) => Err(Error::Delete {
+                what: format!("Namespace {name}"),
+                source,
+            }),
+        };
+    }
+    delete_owned::<ResourceQuota>(ctx, &name, QUOTA_NAME).await?;
+    delete_owned::<NetworkPolicy>(ctx, &name, DENY_POLICY).await?;
+    delete_owned::<NetworkPolicy>(ctx, &name, ALLOW_POLICY).await?;
+    delete_owned::<RoleBinding>(ctx, &name, ADMIN_BINDING).await?;
+    // Applying nothing under our field manager removes the labels and annotation we set.
+    apply(
+        ctx,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await
+}
+
+/// Namespaces labelled as this tenant's.
+fn labelled(ctx: &Context, tenant: &str) -> Vec<Arc<Namespace>> {
+    ctx.namespaces
+        .state()
+        .into_iter()
+        .filter(|n| n.labels().get(TENANT_LABEL).is_some_and(|l| l == tenant))
+        .collect()
+}
+
+async fn write_status(
+    ctx: &Context,
+    t: &Tenant,
+    namespaces: &[(String, NamespacePlan)],
+    blocked: Option<&[String]>,
+) -> Result<Vec<conditions::Transition>, Error> {
+    let name = t.name_any();
+    let stored = t.status.clone().unwrap_or_default();
+    let desired = tenant::conditions(namespaces, blocked);
+    let (merged, transitions) = conditions::merge(
+        &stored.conditions,
+        &desired,
+        t.metadata.generation,
+        &Time(Timestamp::now()),
+    );
+    let status = TenantStatus {
+        namespaces: namespaces
+            .iter()
+            .filter(|(_, p)| !matches!(p, NamespacePlan::Conflict { .. }))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        usage: None,
+        conditions: merged,
+    };
+    if status.namespaces == stored.namespaces && transitions.is_empty() {
+        return Ok(transitions);
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let body = json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "status": status});
+    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::StatusWrite {
+            kind: "Tenant".into(),
+            name: name.clone(),
+            source,
+        })?;
+    ctx.metrics.write("Tenant", "changed");
+    Ok(transitions)
+}
+
+async fn apply_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
+    let name = t.name_any();
+    let wanted = tenant::namespaces(t);
+    let mut plans = Vec::new();
+    for ns in &wanted {
+        let existing = ctx.namespaces.get(&ObjectRef::new(ns));
+        let plan = tenant::plan_namespace(&name, existing.as_deref());
+        match &plan {
+            NamespacePlan::Conflict { owner } => {
+                tracing::warn!(tenant = %name, namespace = %ns, owner = %owner, "namespace belongs to another tenant; not taken over");
+            }
+            NamespacePlan::Create => onboard(ctx, t, ns, true).await?,
+            NamespacePlan::Adopt => onboard(ctx, t, ns, false).await?,
+            NamespacePlan::Keep { created } => onboard(ctx, t, ns, *created).await?,
+        }
+        plans.push((ns.clone(), plan));
+    }
+    // Namespaces dropped from the spec are given back.
+    for ns in labelled(ctx, &name) {
+        if !wanted.contains(&ns.name_any()) {
+            release(ctx, &ns).await?;
+        }
+    }
+    let transitions = write_status(ctx, t, &plans, None).await?;
+    super::hardware::publish(ctx, &t.object_ref(&()), &transitions).await;
+    for tr in &transitions {
+        tracing::info!(tenant = %name, condition = tr.type_, to = ?tr.to, reason = %tr.reason, message = %tr.message, "tenant condition changed");
+    }
+    Ok(Action::requeue(std::time::Duration::from_mins(10)))
+}
+
+async fn cleanup_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
+    let name = t.name_any();
+    let ours = labelled(ctx, &name);
+    let our_names: Vec<String> = ours.iter().map(|n| n.name_any()).collect();
+    let live: Vec<String> = ctx
+        .volumes
+        .state()
+        .iter()
+        .filter(|v| v.namespace().is_some_and(|ns| our_names.contains(&ns)))
+        .map(|v| format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any()))
+        .collect();
+    if !live.is_empty() {
+        let cascade = t
+            .annotations()
+            .get(CASCADE_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        if !cascade {
+            let plans: Vec<(String, NamespacePlan)> = our_names
+                .iter()
+                .map(|n| (n.clone(), NamespacePlan::Keep { created: true }))
+                .collect();
+            let transitions = write_status(ctx, t, &plans, Some(&live)).await?;
+            super::hardware::publish(ctx, &t.object_ref(&()), &transitions).await;
+            return Err(Error::DeletionBlocked(live));
+        }
+        tracing::info!(tenant = %name, volumes = ?live, "cascade deletion of the tenant's volumes and instances");
+        for ns in &our_names {
+            let lp = ListParams::default();
+            let dp = DeleteParams::background();
+            let volumes: Api<StorageVolume> = Api::namespaced(ctx.client.clone(), ns);
+            let instances: Api<ComputeInstance> = Api::namespaced(ctx.client.clone(), ns);
+            for r in [
+                volumes.delete_collection(&dp, &lp).await.map(|_| ()),
+                instances.delete_collection(&dp, &lp).await.map(|_| ()),
+            ] {
+                r.map_err(|source| Error::Delete {
+                    what: format!("workloads in {ns}"),
+                    source,
+                })?;
+            }
+        }
+        return Err(Error::DeletionBlocked(live));
+    }
+    for ns in &ours {
+        release(ctx, ns).await?;
+    }
+    tracing::info!(tenant = %name, namespaces = ?our_names, "tenant removed; namespaces released");
+    Ok(Action::await_change())
+}
+
+/// Tenant: onboarding with a finalizer; only the leader writes.
+pub async fn reconcile_tenant(t: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let mut guard = ctx.metrics.start("tenant");
+    if !ctx.leader.is_leader() {
+        guard.result("follower");
+        return Ok(Action::await_change());
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, t, |event| async {
+        match event {
+            FinalizerEvent::Apply(t) => apply_tenant(&ctx, &t).await,
+            FinalizerEvent::Cleanup(t) => cleanup_tenant(&ctx, &t).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    guard.result(if result.is_ok() { "applied" } else { "error" });
+    result
+}
