@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Node, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
@@ -17,15 +17,17 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use sovereign_crds::{Rack, Server, Site, StorageVolume, Tenant};
+use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::cluster::{mirror, mirror_trimmed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::controller::ledger::{Ledger, LedgerOptions};
 use crate::controller::{
     self, Context, ControllerMetrics, Leadership, StatusPolicy, hardware, tenant, tenants,
+    workloads,
 };
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
 
@@ -329,13 +331,25 @@ pub async fn run(
         watcher::Config::default(),
         "StorageVolume",
     );
+    let instances = mirror(
+        Api::<ComputeInstance>::all(client.clone()),
+        watcher::Config::default(),
+        "ComputeInstance",
+    );
+    let tenants_store = mirror(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+        "Tenant",
+    );
     let _ = tokio::join!(
         servers.wait_until_ready(),
         racks.wait_until_ready(),
         sites.wait_until_ready(),
         nodes.wait_until_ready(),
         namespaces.wait_until_ready(),
-        volumes.wait_until_ready()
+        volumes.wait_until_ready(),
+        instances.wait_until_ready(),
+        tenants_store.wait_until_ready()
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -346,6 +360,15 @@ pub async fn run(
         nodes,
         namespaces: namespaces.clone(),
         volumes,
+        instances,
+        tenants: tenants_store,
+        ledger: Arc::new(Ledger::new(LedgerOptions {
+            stale_after_seconds: options
+                .policy
+                .stale_after
+                .map_or(300, |d| i64::try_from(d.as_secs()).unwrap_or(300)),
+            ..LedgerOptions::default()
+        })),
         recorder: Recorder::new(client.clone(), controller::reporter()),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
@@ -356,6 +379,7 @@ pub async fn run(
 
     let shutdown_signal = || stop.clone().cancelled_owned();
     let config = kube::runtime::controller::Config::default().debounce(Duration::from_millis(50));
+    let managed = format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER);
     let server_controller = Controller::new(
         Api::<Server>::all(client.clone()),
         watcher::Config::default(),
@@ -389,7 +413,7 @@ pub async fn run(
     let site_racks = racks.clone();
     let site_controller =
         Controller::new(Api::<Site>::all(client.clone()), watcher::Config::default())
-            .with_config(config)
+            .with_config(config.clone())
             .watches(
                 Api::<Rack>::all(client.clone()),
                 watcher::Config::default(),
@@ -422,6 +446,41 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
+    let volume_controller = Controller::new(
+        Api::<StorageVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .owns(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default().labels(&managed),
+    )
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        workloads::reconcile_volume,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let instance_controller = Controller::new(
+        Api::<ComputeInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .owns(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&managed),
+    )
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        workloads::reconcile_instance,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+
     let front_stop = stop.clone();
     let front_task = {
         let stop = stop.clone();
@@ -442,12 +501,14 @@ pub async fn run(
             stop.cancel();
         }
     };
-    let (front_result, (), (), (), (), ()) = tokio::join!(
+    let (front_result, (), (), (), (), (), (), ()) = tokio::join!(
         front_task,
         server_controller,
         rack_controller,
         site_controller,
         tenant_controller,
+        volume_controller,
+        instance_controller,
         stopper
     );
     stop.cancel();

@@ -39,6 +39,13 @@ const WRITABLE: &[&str] = &[
     "sites/status",
     "tenants/status",
     "tenants",
+    "storagevolumes",
+    "computeinstances",
+    "storagevolumes/status",
+    "computeinstances/status",
+    "persistentvolumes",
+    "persistentvolumeclaims",
+    "pods",
     "nodes",
     "events",
     "leases",
@@ -47,8 +54,12 @@ const WRITABLE: &[&str] = &[
     "networkpolicies",
     "rolebindings",
 ];
-// Deletes: what the operator created for a tenant, and a cascaded tenant's workloads.
+// Deletes: what the operator created for a tenant or a replica, and a cascaded tenant's
+// workloads.
 const DELETABLE: &[&str] = &[
+    "persistentvolumes",
+    "persistentvolumeclaims",
+    "pods",
     "namespaces",
     "resourcequotas",
     "networkpolicies",
@@ -119,7 +130,7 @@ fn rbac_is_least_privilege() {
     // Node agents run on tenant nodes: no API access at all.
     let bound: Vec<&str> = objects
         .iter()
-        .filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Binding")))
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
         .flat_map(|o| o["subjects"].as_array().unwrap().iter())
         .filter_map(|s| s["name"].as_str())
         .collect();

@@ -4,11 +4,14 @@
 
 pub mod conditions;
 pub mod hardware;
+pub mod ledger;
+pub mod materialise;
 pub mod metrics;
 pub mod rollup;
 pub mod server_status;
 pub mod tenant;
 pub mod tenants;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +61,10 @@ pub enum Error {
     DeletionBlocked(Vec<String>),
     #[error(transparent)]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("placement ledger: {0}")]
+    Ledger(String),
+    #[error("serialising status: {0}")]
+    Json(#[source] serde_json::Error),
 }
 
 impl Error {
@@ -75,6 +82,8 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
                 _ => "FinalizerFailed",
             },
+            Self::Ledger(_) => "LedgerUnavailable",
+            Self::Json(_) => "InternalError",
         }
     }
 
@@ -92,6 +101,8 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
                 _ => "finalizer",
             },
+            Self::Ledger(_) => "ledger",
+            Self::Json(_) => "internal",
         }
     }
 
@@ -102,11 +113,26 @@ impl Error {
 
     /// A conflict or a vanished object: retry soon rather than back off long.
     fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            Self::StatusWrite { source: kube::Error::Api(s), .. }
-                | Self::Taint { source: kube::Error::Api(s), .. } if s.code == 409
-        )
+        match self {
+            Self::StatusWrite {
+                source: kube::Error::Api(s),
+                ..
+            }
+            | Self::Taint {
+                source: kube::Error::Api(s),
+                ..
+            }
+            | Self::Apply {
+                source: kube::Error::Api(s),
+                ..
+            } => s.code == 409,
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.is_conflict(),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -141,6 +167,9 @@ pub struct Context {
     pub nodes: Store<k8s_openapi::api::core::v1::Node>,
     pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
     pub volumes: Store<sovereign_crds::StorageVolume>,
+    pub instances: Store<sovereign_crds::ComputeInstance>,
+    pub tenants: Store<sovereign_crds::Tenant>,
+    pub ledger: Arc<ledger::Ledger>,
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
     pub policy: StatusPolicy,

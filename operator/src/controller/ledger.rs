@@ -1,0 +1,277 @@
+//! The process-wide placement ledger: the placement engine's capacity books, built from the
+//! cluster (Sites, Racks, Servers, Tenants, and every StorageVolume's and ComputeInstance's
+//! `status.replicas`) and kept current. Crash safety comes from the order of the shells: a
+//! placement is written to the object's status before anything is materialised, so a restarted
+//! operator rebuilds the same books from the API and resumes instead of placing again.
+//!
+//! Rebuilt when the inventory changes (any Server, Rack, Site or Tenant resourceVersion); the
+//! operator's own placements are kept as pending until the watch shows them in status, so a
+//! rebuild in between never forgets them (that would count capacity as free twice).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+use kube::ResourceExt;
+use sovereign_placement::from_crds::{self, HealthPolicy, PowerModel, TenantPolicyWithNamespaces};
+use sovereign_placement::{CapacityPolicy, Decision, Placer, Refusal, Request, Slot, Strategy};
+
+use super::Context;
+
+/// How placements are made (operator flags).
+#[derive(Clone, Debug)]
+pub struct LedgerOptions {
+    pub strategy: Strategy,
+    pub capacity: CapacityPolicy,
+    pub power: PowerModel,
+    /// Telemetry older than this makes a server unschedulable for placement.
+    pub stale_after_seconds: i64,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Spread,
+            capacity: CapacityPolicy::default(),
+            power: PowerModel::default(),
+            stale_after_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    tenant: String,
+    servers: Vec<String>,
+    request: Request,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    placer: Option<Placer>,
+    fingerprint: u64,
+    tenants: Vec<TenantPolicyWithNamespaces>,
+    pending: HashMap<String, Pending>,
+}
+
+/// The ledger; one per process, used by the leader only.
+#[derive(Debug)]
+pub struct Ledger {
+    state: Mutex<State>,
+    pub options: LedgerOptions,
+}
+
+/// What a workload asks of the ledger.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload<'a> {
+    Volume(&'a sovereign_crds::StorageVolume),
+    Instance(&'a sovereign_crds::ComputeInstance),
+}
+
+impl Workload<'_> {
+    fn request(
+        self,
+        tenants: &[TenantPolicyWithNamespaces],
+        power: &PowerModel,
+    ) -> Result<Request, from_crds::ConvertError> {
+        match self {
+            Self::Volume(v) => from_crds::volume_request(v, tenants, power),
+            Self::Instance(c) => from_crds::instance_request(c, tenants, power),
+        }
+    }
+
+    fn servers(self) -> Vec<String> {
+        match self {
+            Self::Volume(v) => v
+                .status
+                .as_ref()
+                .map(|s| s.replicas.iter().map(|r| r.server.clone()).collect())
+                .unwrap_or_default(),
+            Self::Instance(c) => c
+                .status
+                .as_ref()
+                .map(|s| s.replicas.iter().map(|r| r.server.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The ledger's name for it (kind/namespace/name).
+    pub fn consumer(self) -> String {
+        match self {
+            Self::Volume(v) => from_crds::consumer("StorageVolume", &v.metadata),
+            Self::Instance(c) => from_crds::consumer("ComputeInstance", &c.metadata),
+        }
+    }
+}
+
+/// Why the ledger could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("building the inventory: {0}")]
+    Inventory(String),
+    #[error("{0}")]
+    Request(String),
+}
+
+fn fingerprint(ctx: &Context) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for s in ctx.servers.state() {
+        (s.name_any(), s.resource_version()).hash(&mut h);
+    }
+    for r in ctx.racks.state() {
+        (r.name_any(), r.resource_version()).hash(&mut h);
+    }
+    for s in ctx.sites.state() {
+        (s.name_any(), s.resource_version()).hash(&mut h);
+    }
+    for t in ctx.tenants.state() {
+        (t.name_any(), t.resource_version()).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn slots(placer: &Placer, req: &Request, servers: &[String]) -> Option<Vec<Slot>> {
+    servers
+        .iter()
+        .map(|name| {
+            placer.inventory().server_by_name(name).map(|server| Slot {
+                server,
+                resources: req.per_replica,
+                watts: req.watts_per_replica,
+            })
+        })
+        .collect()
+}
+
+impl Ledger {
+    pub fn new(options: LedgerOptions) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            options,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rebuilds the books when the inventory changed since the last build.
+    fn refresh(&self, ctx: &Context, state: &mut State) -> Result<(), LedgerError> {
+        let fp = fingerprint(ctx);
+        if state.placer.is_some() && fp == state.fingerprint {
+            return Ok(());
+        }
+        let now_unix = k8s_openapi::jiff::Timestamp::now().as_second();
+        let health = HealthPolicy {
+            now_unix,
+            stale_after_seconds: self.options.stale_after_seconds,
+            assume_healthy_without_telemetry: false,
+        };
+        let sites: Vec<_> = ctx.sites.state().iter().map(|s| (**s).clone()).collect();
+        let racks: Vec<_> = ctx.racks.state().iter().map(|s| (**s).clone()).collect();
+        let servers: Vec<_> = ctx.servers.state().iter().map(|s| (**s).clone()).collect();
+        let tenants: Vec<_> = ctx.tenants.state().iter().map(|s| (**s).clone()).collect();
+        let inventory =
+            from_crds::inventory(&sites, &racks, &servers, &self.options.capacity, &health)
+                .map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let tenants =
+            from_crds::tenants(&tenants).map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let mut placer = Placer::new(inventory, self.options.strategy);
+        let mut recorded = std::collections::HashSet::new();
+        let volumes = ctx.volumes.state();
+        let instances = ctx.instances.state();
+        let workloads = volumes
+            .iter()
+            .map(|v| Workload::Volume(v))
+            .chain(instances.iter().map(|c| Workload::Instance(c)));
+        for w in workloads {
+            let servers = w.servers();
+            if servers.is_empty() {
+                continue;
+            }
+            let Ok(req) = w.request(&tenants, &self.options.power) else {
+                continue;
+            };
+            match slots(&placer, &req, &servers) {
+                Some(s) => {
+                    let _ = placer.record(&req.consumer, &req.tenant.name, s);
+                    recorded.insert(req.consumer.clone());
+                }
+                None => {
+                    tracing::warn!(consumer = %req.consumer, ?servers, "replica on a server not in the inventory; not counted");
+                }
+            }
+        }
+        // Our own placements the watch has not shown yet.
+        state
+            .pending
+            .retain(|consumer, _| !recorded.contains(consumer));
+        for (consumer, p) in &state.pending {
+            if let Some(s) = slots(&placer, &p.request, &p.servers) {
+                let _ = placer.record(consumer, &p.tenant, s);
+            }
+        }
+        state.placer = Some(placer);
+        state.tenants = tenants;
+        state.fingerprint = fp;
+        Ok(())
+    }
+
+    /// Places a workload that has no replicas yet, or says why not. The placement is held as
+    /// pending until the caller's status write shows up in the watch.
+    pub fn place(
+        &self,
+        ctx: &Context,
+        w: Workload<'_>,
+    ) -> Result<Result<Decision, Refusal>, LedgerError> {
+        let mut state = self.lock();
+        self.refresh(ctx, &mut state)?;
+        let req = w
+            .request(&state.tenants, &self.options.power)
+            .map_err(|e| LedgerError::Request(e.to_string()))?;
+        let Some(placer) = state.placer.as_mut() else {
+            return Err(LedgerError::Inventory("no inventory".into()));
+        };
+        // Already in the books (a status write that failed after placing): place afresh.
+        placer.release(&req.consumer);
+        let decision = placer.place(&req);
+        if let Ok(d) = &decision {
+            state.pending.insert(
+                req.consumer.clone(),
+                Pending {
+                    tenant: req.tenant.name.clone(),
+                    servers: d.placements.iter().map(|p| p.server.clone()).collect(),
+                    request: req,
+                },
+            );
+        }
+        Ok(decision)
+    }
+
+    /// Gives a workload's capacity back (deleted, or its status write was refused).
+    pub fn release(&self, consumer: &str) {
+        let mut state = self.lock();
+        state.pending.remove(consumer);
+        if let Some(p) = state.placer.as_mut() {
+            p.release(consumer);
+        }
+    }
+
+    /// Capacity used per tenant, for Tenant status (None before the first build).
+    pub fn tenant_used(&self, tenant: &str) -> Option<sovereign_placement::Resources> {
+        let state = self.lock();
+        state.placer.as_ref().map(|p| p.tenant_used(tenant))
+    }
+
+    /// Consumers in the books (for the crash test's balance check).
+    pub fn consumers(&self) -> Vec<String> {
+        let state = self.lock();
+        state
+            .placer
+            .as_ref()
+            .map(|p| p.allocations().map(|(c, _)| c.clone()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,394 @@
+//! End to end on a real API server: servers with live telemetry, a tenant, then volumes and
+//! instances placed by the operator binary, materialised (PVs bound to PVCs by the real PV
+//! binder, Pods bound to the chosen nodes), refused with reasons, placed once capacity appears,
+//! and released on deletion.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use sovereign_crds::{ComputeInstance, Server, StorageVolume};
+use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
+use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_tests::e2e::{ChildGuard, Cluster, FakeNode, cluster, has_condition, wait_for};
+
+const NS: &str = "sovereign-system";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sample(server: &str) -> Sample {
+    let at = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    Sample {
+        server: server.to_owned(),
+        source: Source::Redfish as i32,
+        observed_at_unix_ms: at,
+        body: Some(Body::Bmc(BmcSummary {
+            health: proto::Health::Ok as i32,
+            power_state: "On".into(),
+            consumed_watts: Some(400.0),
+            inlet_celsius: Some(23.0),
+            intrusion: "Normal".into(),
+            logical_processors: 32,
+            memory_bytes: Some(256 << 30),
+            drive_list: vec![proto::Drive {
+                id: "ssd0".into(),
+                tier: "ssd".into(),
+                capacity_bytes: Some(4_000_000_000_000),
+                health: proto::Health::Ok as i32,
+                encryption_capable: true,
+                ..proto::Drive::default()
+            }],
+            ..BmcSummary::default()
+        })),
+    }
+}
+
+async fn server(cluster: &Cluster, name: &str, rack: &str, node: &str) {
+    cluster.create_node(&FakeNode::new(node)).await;
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
+            "metadata": {"name": name, "labels": {"sovereign.io/e2e": "workloads"}},
+            "spec": {"rack": rack, "nodeName": node,
+                "bmc": {"address": "https://bmc.mgmt.example", "credentialsSecretRef": {"name": "bmc", "namespace": NS},
+                    "insecureSkipVerify": true, "pollIntervalSeconds": 10}}}))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_api_server() {
+    let Some(cluster) =
+        cluster("volumes_and_instances_are_placed_materialised_and_released_on_a_real_api_server")
+            .await
+    else {
+        return;
+    };
+    let Some(helm) = sovereign_tests::chart::helm() else {
+        return;
+    };
+    cluster.install_crds().await;
+    cluster.install_admission().await;
+    cluster.apply_chart_rbac(&helm).await;
+    let p = format!("wl{}", std::process::id() % 100_000);
+
+    // One site, two racks, four servers with telemetry.
+    let site = format!("{p}-site");
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Site", "metadata": {"name": site},
+            "spec": {"jurisdiction": "VN", "region": "north", "securityTier": 3}}))
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    let mut nodes = Vec::new();
+    for r in 0..2 {
+        let rack = format!("{p}-r{r}");
+        cluster
+            .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Rack", "metadata": {"name": rack},
+                "spec": {"site": site, "powerBudgetWatts": 20000, "maxInletCelsius": 35}}))
+            .await
+            .unwrap();
+        for s in 0..2 {
+            let name = format!("{rack}-s{s}");
+            let node = format!("{p}-node-{r}{s}");
+            server(&cluster, &name, &rack, &node).await;
+            servers.push(name);
+            nodes.push(node);
+        }
+    }
+    let tenant = format!("{p}-agency");
+    let ns = format!("{p}-data");
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+            "spec": {"classification": "Confidential", "residency": {"jurisdictions": ["VN"]},
+                "namespaces": [ns], "quota": {"cpu": 64, "memory": "256Gi", "storage": {"ssd": "20Ti"}}}}))
+        .await
+        .unwrap();
+
+    let kubeconfig = cluster
+        .service_account_kubeconfig(NS, "sovereign-operator")
+        .await;
+    let port = free_port();
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--check-only".into(),
+        "--plaintext-telemetry".into(),
+        format!("--telemetry-addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{}", free_port()),
+        format!("--admin-addr=127.0.0.1:{}", free_port()),
+        "--collector=system:serviceaccount:sovereign-system:sovereign-collector".into(),
+    ];
+    let _operator = ChildGuard::spawn(
+        Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
+        "workloads-operator",
+        &args,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let token = cluster
+        .service_account_token(NS, "sovereign-collector", &["sovereign-telemetry"])
+        .await;
+    let (publisher, _task) = publisher::start(
+        PublisherConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            buffer: 1024,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            ca_pem: None,
+        },
+        move || Some(token.clone()),
+    );
+    let feed = {
+        let publisher = publisher.clone();
+        let servers = servers.clone();
+        tokio::spawn(async move {
+            loop {
+                for s in &servers {
+                    publisher.offer(sample(s));
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    let server_api: Api<Server> = Api::all(cluster.client.clone());
+    for s in &servers {
+        wait_for(
+            Duration::from_mins(1),
+            &format!("server {s} Ready"),
+            || async {
+                let v = serde_json::to_value(server_api.get(s).await.ok()?).ok()?;
+                has_condition(&v, "Ready", "True").then_some(())
+            },
+        )
+        .await;
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "the tenant's namespace",
+        || async {
+            let t = serde_json::to_value(
+                Api::<sovereign_crds::Tenant>::all(cluster.client.clone())
+                    .get(&tenant)
+                    .await
+                    .ok()?,
+            )
+            .ok()?;
+            has_condition(&t, "Ready", "True").then_some(())
+        },
+    )
+    .await;
+
+    // A replicated volume: two replicas on two racks, PVs bound to PVCs by the PV binder.
+    let volumes: Api<StorageVolume> = Api::namespaced(cluster.client.clone(), &ns);
+    let vol: StorageVolume = serde_json::from_value(json!({
+        "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+        "metadata": {"name": "records", "namespace": ns},
+        "spec": {"size": "100Gi", "tier": "ssd", "replicas": 2, "spread": "Rack"}
+    }))
+    .unwrap();
+    volumes.create(&PostParams::default(), &vol).await.unwrap();
+    let placed = wait_for(Duration::from_mins(1), "the volume Bound", || async {
+        let v = volumes.get("records").await.ok()?;
+        (v.status.as_ref()?.phase == sovereign_crds::Phase::Bound).then_some(v)
+    })
+    .await;
+    let st = placed.status.unwrap();
+    let racks: BTreeSet<&str> = st.replicas.iter().map(|r| r.rack.as_str()).collect();
+    assert_eq!(racks.len(), 2, "spread Rack: {:?}", st.replicas);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns);
+    let volumes_pv: Api<PersistentVolume> = Api::all(cluster.client.clone());
+    for r in &st.replicas {
+        let pvc = pvcs.get(r.pvc.as_deref().unwrap()).await.unwrap();
+        assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+        let pv = volumes_pv.get(r.pv.as_deref().unwrap()).await.unwrap();
+        let spec = pv.spec.unwrap();
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain"),
+            "Confidential data is retained"
+        );
+        let term = &spec
+            .node_affinity
+            .unwrap()
+            .required
+            .unwrap()
+            .node_selector_terms[0];
+        assert_eq!(
+            term.match_expressions.as_ref().unwrap()[0]
+                .values
+                .as_ref()
+                .unwrap()[0],
+            *r.node.as_ref().unwrap()
+        );
+    }
+    let v = serde_json::to_value(volumes.get("records").await.unwrap()).unwrap();
+    assert!(has_condition(&v, "Placed", "True"), "{v}");
+
+    // An instance: Pods bound to the chosen nodes, recreated when deleted.
+    let instances: Api<ComputeInstance> = Api::namespaced(cluster.client.clone(), &ns);
+    let inst: ComputeInstance = serde_json::from_value(json!({
+        "apiVersion": "sovereign.io/v1alpha1", "kind": "ComputeInstance",
+        "metadata": {"name": "api", "namespace": ns},
+        "spec": {"cpu": "4", "memory": "8Gi", "image": "registry.example/api@sha256:0123", "replicas": 2, "command": ["/api"]}
+    }))
+    .unwrap();
+    instances
+        .create(&PostParams::default(), &inst)
+        .await
+        .unwrap();
+    let placed = wait_for(Duration::from_mins(1), "the instance's pods", || async {
+        let c = instances.get("api").await.ok()?;
+        (c.status.as_ref()?.phase == sovereign_crds::Phase::Bound).then_some(c)
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    for r in &placed.status.as_ref().unwrap().replicas {
+        let pod = pods.get(r.pod.as_deref().unwrap()).await.unwrap();
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), r.node.as_deref());
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some("registry.example/api@sha256:0123")
+        );
+    }
+    let first = placed.status.unwrap().replicas[0].pod.clone().unwrap();
+    pods.delete(&first, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the deleted pod to be recreated",
+        || async {
+            let p = pods.get_opt(&first).await.ok()??;
+            p.metadata.deletion_timestamp.is_none().then_some(())
+        },
+    )
+    .await;
+
+    // Too big for any server: refused with the filters' counts, then placed once a big server
+    // joins.
+    let big: StorageVolume = serde_json::from_value(json!({
+        "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+        "metadata": {"name": "archive", "namespace": ns},
+        "spec": {"size": "6Ti", "tier": "ssd"}
+    }))
+    .unwrap();
+    volumes.create(&PostParams::default(), &big).await.unwrap();
+    let refused = wait_for(Duration::from_secs(30), "the refusal", || async {
+        let v = serde_json::to_value(volumes.get("archive").await.ok()?).ok()?;
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Placed")?
+            .clone();
+        (c["status"] == "False").then_some(c)
+    })
+    .await;
+    let msg = refused["message"].as_str().unwrap();
+    eprintln!("refusal: {msg}");
+    assert!(
+        msg.contains(" servers fit: ") && msg.contains("insufficient ssd"),
+        "{msg}"
+    );
+    assert_eq!(refused["reason"], "Unschedulable");
+    let big_server = format!("{p}-r1-big");
+    server(
+        &cluster,
+        &big_server,
+        &format!("{p}-r1"),
+        &format!("{p}-node-big"),
+    )
+    .await;
+    {
+        let publisher = publisher.clone();
+        let big_server = big_server.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut s = sample(&big_server);
+                if let Some(Body::Bmc(b)) = &mut s.body {
+                    b.drive_list[0].capacity_bytes = Some(16_000_000_000_000);
+                }
+                publisher.offer(s);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+    let v = wait_for(Duration::from_mins(1), "the big volume placed", || async {
+        let v = volumes.get("archive").await.ok()?;
+        (v.status.as_ref()?.replicas.len() == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(v.status.unwrap().replicas[0].server, big_server);
+
+    // Deletion releases: PVs and PVCs go, and the finalizer lets the volume go.
+    let pv_names: Vec<String> = st.replicas.iter().filter_map(|r| r.pv.clone()).collect();
+    volumes
+        .delete("records", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the volume and its PVs to go",
+        || async {
+            if volumes.get_opt("records").await.ok()?.is_some() {
+                return None;
+            }
+            for pv in &pv_names {
+                if volumes_pv
+                    .get_opt(pv)
+                    .await
+                    .ok()?
+                    .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+                {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    feed.abort();
+
+    // Leave nothing behind: workloads first (their finalizers need the operator), then the rest.
+    volumes
+        .delete("archive", &DeleteParams::default())
+        .await
+        .unwrap();
+    instances
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "workloads to go", || async {
+        let none = volumes.get_opt("archive").await.ok()?.is_none()
+            && instances.get_opt("api").await.ok()?.is_none();
+        none.then_some(())
+    })
+    .await;
+    let tenants: Api<sovereign_crds::Tenant> = Api::all(cluster.client.clone());
+    tenants
+        .delete(&tenant, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the tenant to go", || async {
+        tenants.get_opt(&tenant).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for s in servers.iter().chain([&big_server]) {
+        let _ = server_api.delete(s, &DeleteParams::default()).await;
+    }
+    nodes.push(format!("{p}-node-big"));
+    cluster.delete_nodes(&nodes).await;
+}
