@@ -87,6 +87,9 @@ enum Command {
         /// intervals).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         stale_after_seconds: Option<u64>,
+        /// Replica moves off unschedulable servers per site and minute.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        moves_per_minute: u32,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -241,6 +244,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             identity,
             lease_duration_seconds,
             stale_after_seconds,
+            moves_per_minute,
             log_format: _,
         } => {
             let options = telemetry::TelemetryOptions {
@@ -291,6 +295,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     stale_after: stale_after_seconds.map(Duration::from_secs),
                     ..StatusPolicy::default()
                 },
+                moves_per_minute,
             };
             runtime::run(
                 client,

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::ledger::{Ledger, LedgerOptions};
 use crate::controller::{
-    self, Context, ControllerMetrics, Leadership, StatusPolicy, hardware, tenant, tenants,
-    workloads,
+    self, Context, ControllerMetrics, Leadership, StatusPolicy, compute, hardware, storage, tenant,
+    tenants,
 };
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
 
@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// None: this replica always writes (one replica only).
     pub lease: Option<LeaseOptions>,
     pub policy: StatusPolicy,
+    /// Replica moves off unschedulable servers per site and minute (intrusion moves of
+    /// Confidential and Secret data are never held).
+    pub moves_per_minute: u32,
 }
 
 /// Server names the hub reports changed, as Server references (node agents publish under their
@@ -189,6 +192,41 @@ fn tenant_controller(
         },
     )
     .reconcile_all_on(on_leadership(lease_rx))
+}
+
+/// Workloads with a replica on a server (to re-place them when it fails).
+fn on_server<K>(store: &Store<K>, server: &Server) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + HasReplicas + 'static,
+{
+    let name = server.metadata.name.as_deref().unwrap_or_default();
+    store
+        .state()
+        .iter()
+        .filter(|w| w.replica_servers().any(|s| s == name))
+        .map(|w| ObjectRef::from(w.as_ref()))
+        .collect()
+}
+
+/// Workloads whose status names servers.
+trait HasReplicas {
+    fn replica_servers(&self) -> impl Iterator<Item = &str>;
+}
+
+impl HasReplicas for StorageVolume {
+    fn replica_servers(&self) -> impl Iterator<Item = &str> {
+        self.status
+            .iter()
+            .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
+    }
+}
+
+impl HasReplicas for ComputeInstance {
+    fn replica_servers(&self) -> impl Iterator<Item = &str> {
+        self.status
+            .iter()
+            .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
+    }
 }
 
 async fn serve_admin(
@@ -369,6 +407,9 @@ pub async fn run(
                 .map_or(300, |d| i64::try_from(d.as_secs()).unwrap_or(300)),
             ..LedgerOptions::default()
         })),
+        moves: Arc::new(crate::controller::moves::MoveLimiter::new(
+            options.moves_per_minute,
+        )),
         recorder: Recorder::new(client.clone(), controller::reporter()),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
@@ -446,6 +487,8 @@ pub async fn run(
         )
         .for_each(|_| async {});
 
+    let volume_store = ctx.volumes.clone();
+    let instance_store = ctx.instances.clone();
     let volume_controller = Controller::new(
         Api::<StorageVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -455,10 +498,16 @@ pub async fn run(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default().labels(&managed),
     )
+    // A server turning unschedulable wakes the volumes with a replica on it.
+    .watches(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        move |s: Server| on_server(&volume_store, &s),
+    )
     .reconcile_all_on(on_leadership(lease_rx.clone()))
     .graceful_shutdown_on(shutdown_signal())
     .run(
-        workloads::reconcile_volume,
+        storage::reconcile_volume,
         hardware::error_policy,
         ctx.clone(),
     )
@@ -472,10 +521,15 @@ pub async fn run(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(&managed),
     )
+    .watches(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        move |s: Server| on_server(&instance_store, &s),
+    )
     .reconcile_all_on(on_leadership(lease_rx.clone()))
     .graceful_shutdown_on(shutdown_signal())
     .run(
-        workloads::reconcile_instance,
+        compute::reconcile_instance,
         hardware::error_policy,
         ctx.clone(),
     )

@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -27,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn sample(server: &str) -> Sample {
+fn sample(server: &str, intrusion: bool) -> Sample {
     let at = k8s_openapi::jiff::Timestamp::now().as_millisecond();
     Sample {
         server: server.to_owned(),
@@ -38,7 +39,12 @@ fn sample(server: &str) -> Sample {
             power_state: "On".into(),
             consumed_watts: Some(400.0),
             inlet_celsius: Some(23.0),
-            intrusion: "Normal".into(),
+            intrusion: if intrusion {
+                "HardwareIntrusion"
+            } else {
+                "Normal"
+            }
+            .into(),
             logical_processors: 32,
             memory_bytes: Some(256 << 30),
             drive_list: vec![proto::Drive {
@@ -151,13 +157,16 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         },
         move || Some(token.clone()),
     );
+    let intruded: Arc<Mutex<HashSet<String>>> = Arc::default();
     let feed = {
         let publisher = publisher.clone();
         let servers = servers.clone();
+        let intruded = intruded.clone();
         tokio::spawn(async move {
             loop {
                 for s in &servers {
-                    publisher.offer(sample(s));
+                    let open = intruded.lock().unwrap().contains(s);
+                    publisher.offer(sample(s, open));
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -278,6 +287,64 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     )
     .await;
 
+    // Intrusion on a server holding a Confidential replica: the replica moves to a compliant
+    // server (still another rack than its sibling), the new claim binds, the old PV/PVC go.
+    let before = volumes.get("records").await.unwrap().status.unwrap();
+    let victim = before.replicas[0].clone();
+    let sibling_rack = before.replicas[1].rack.clone();
+    intruded.lock().unwrap().insert(victim.server.clone());
+    let moved = wait_for(
+        Duration::from_mins(1),
+        "the replica to move and bind",
+        || async {
+            let st = volumes.get("records").await.ok()?.status?;
+            let r = st
+                .replicas
+                .iter()
+                .find(|r| r.index == victim.index)?
+                .clone();
+            (r.server != victim.server && r.state == sovereign_crds::workload::ReplicaState::Ready)
+                .then_some(r)
+        },
+    )
+    .await;
+    eprintln!(
+        "moved replica {} from {} to {}",
+        victim.index, victim.server, moved.server
+    );
+    assert_ne!(moved.rack, sibling_rack, "spread Rack kept while moving");
+    wait_for(
+        Duration::from_secs(30),
+        "the old PV and PVC to go",
+        || async {
+            let old_pvc = pvcs.get_opt(victim.pvc.as_deref()?).await.ok()?;
+            let old_pv = volumes_pv.get_opt(victim.pv.as_deref()?).await.ok()?;
+            let gone =
+                |d: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| d.is_some();
+            let pvc_gone = old_pvc.is_none_or(|p| gone(p.metadata.deletion_timestamp.as_ref()));
+            let volume_gone = old_pv.is_none_or(|p| gone(p.metadata.deletion_timestamp.as_ref()));
+            (pvc_gone && volume_gone).then_some(())
+        },
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), &ns);
+    let listed_events = events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        listed_events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ReplicaMoving")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains(&victim.server) && n.contains("ChassisIntrusion"))),
+        "an Event names from, to and why"
+    );
+    intruded.lock().unwrap().clear();
+
     // Too big for any server: refused with the filters' counts, then placed once a big server
     // joins.
     let big: StorageVolume = serde_json::from_value(json!({
@@ -317,7 +384,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         let big_server = big_server.clone();
         tokio::spawn(async move {
             loop {
-                let mut s = sample(&big_server);
+                let mut s = sample(&big_server, false);
                 if let Some(Body::Bmc(b)) = &mut s.body {
                     b.drive_list[0].capacity_bytes = Some(16_000_000_000_000);
                 }

@@ -225,6 +225,9 @@ struct Ctx<'a> {
     req: &'a Request,
     site_verdict: Vec<Option<Reason>>,
     chosen: Vec<usize>,
+    /// Servers that may not take this replica but whose failure domains stay free (the server
+    /// a replica is leaving).
+    excluded: Vec<usize>,
 }
 
 impl Placer {
@@ -345,7 +348,7 @@ impl Placer {
         if let Some(u) = s.unhealthy {
             return Err(Reason::Unhealthy(u));
         }
-        if ctx.chosen.contains(&i) {
+        if ctx.chosen.contains(&i) || ctx.excluded.contains(&i) {
             return Err(Reason::HoldsReplica);
         }
         let shares = |domain: fn(&crate::model::Server) -> usize| {
@@ -448,12 +451,14 @@ impl Placer {
         &self,
         req: &Request,
         kept: Vec<usize>,
+        excluded: Vec<usize>,
         indices: &[u8],
     ) -> Result<Vec<usize>, Refusal> {
         let mut ctx = Ctx {
             req,
             site_verdict: self.site_verdict(req),
             chosen: kept,
+            excluded,
         };
         let mut picked = Vec::with_capacity(indices.len());
         for &replica in indices {
@@ -500,7 +505,7 @@ impl Placer {
         }
         self.quota_check(req, u64::from(req.replicas))?;
         let indices: Vec<u8> = (0..req.replicas).collect();
-        let picked = self.choose(req, Vec::new(), &indices)?;
+        let picked = self.choose(req, Vec::new(), Vec::new(), &indices)?;
         let placements = picked
             .iter()
             .zip(indices)
@@ -614,11 +619,17 @@ impl Placer {
             .get(k)
             .cloned()
             .ok_or_else(|| ledger(format!("replica {replica} does not exist")))?;
-        // The old server is excluded like a server already holding a replica.
-        let kept: Vec<usize> = alloc.slots.iter().map(|s| s.server).collect();
-        let others_and_old = kept.clone();
+        // The other replicas keep their failure domains taken; the old server itself is
+        // excluded, but its rack and site are not (the replica is leaving them).
+        let others: Vec<usize> = alloc
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != k)
+            .map(|(_, s)| s.server)
+            .collect();
         self.remove_slot(&alloc.tenant, &old);
-        let result = self.choose(req, others_and_old, &[replica]);
+        let result = self.choose(req, others, vec![old.server], &[replica]);
         match result {
             Ok(picked) => {
                 let new = Slot {

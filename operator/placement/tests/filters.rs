@@ -413,3 +413,27 @@ fn a_refused_request_changes_nothing() {
     assert_eq!(before, after);
     assert!(p.allocation(&req.consumer).is_none());
 }
+
+#[test]
+fn a_replica_may_move_within_the_rack_it_leaves() {
+    // Four replicas spread over the four VN racks: the failed replica's rack is the only one
+    // left, and its other server is a compliant home (the failed server is excluded, its rack
+    // is not).
+    let mut p = placer_with(fleet(), Strategy::Spread);
+    let req = volume(
+        "r4",
+        tenant(&["VN"], Classification::Public),
+        100,
+        4,
+        Spread::Rack,
+    );
+    let d = p.place(&req).unwrap();
+    let failed = p
+        .inventory()
+        .server_by_name(&d.placements[0].server)
+        .unwrap();
+    p.set_health(failed, Some(Unhealthy::IntrusionDetected));
+    let moved = p.replace(&req, 0).unwrap();
+    assert_eq!(moved.rack, d.placements[0].rack);
+    assert_ne!(moved.server, d.placements[0].server);
+}

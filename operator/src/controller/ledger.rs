@@ -188,6 +188,14 @@ impl Ledger {
             .chain(instances.iter().map(|c| Workload::Instance(c)));
         for w in workloads {
             let servers = w.servers();
+            let consumer = w.consumer();
+            // Our own newer decision (a placement or a move) wins until the watch shows it.
+            if let Some(p) = state.pending.get(&consumer) {
+                if p.servers != servers {
+                    continue;
+                }
+                state.pending.remove(&consumer);
+            }
             if servers.is_empty() {
                 continue;
             }
@@ -248,6 +256,53 @@ impl Ledger {
             );
         }
         Ok(decision)
+    }
+
+    /// Moves one replica off its server within the same policy (residency, tier, spread,
+    /// capacity): the new server, or why none qualifies (then nothing changes).
+    pub fn replace(
+        &self,
+        ctx: &Context,
+        w: Workload<'_>,
+        replica: u8,
+    ) -> Result<Result<sovereign_placement::Placement, Refusal>, LedgerError> {
+        let mut state = self.lock();
+        self.refresh(ctx, &mut state)?;
+        let req = w
+            .request(&state.tenants, &self.options.power)
+            .map_err(|e| LedgerError::Request(e.to_string()))?;
+        let Some(placer) = state.placer.as_mut() else {
+            return Err(LedgerError::Inventory("no inventory".into()));
+        };
+        let moved = placer.replace(&req, replica);
+        if moved.is_ok() {
+            let servers: Vec<String> = placer
+                .allocation(&req.consumer)
+                .map(|a| {
+                    a.slots
+                        .iter()
+                        .map(|s| placer.inventory().servers[s.server].name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            state.pending.insert(
+                req.consumer.clone(),
+                Pending {
+                    tenant: req.tenant.name.clone(),
+                    servers,
+                    request: req,
+                },
+            );
+        }
+        Ok(moved)
+    }
+
+    /// Drops what the ledger believes about a workload and rebuilds from the cluster on next
+    /// use (a decision whose status write was refused).
+    pub fn forget(&self, consumer: &str) {
+        let mut state = self.lock();
+        state.pending.remove(consumer);
+        state.placer = None;
     }
 
     /// Gives a workload's capacity back (deleted, or its status write was refused).

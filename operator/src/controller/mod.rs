@@ -2,13 +2,16 @@
 //! stores, apply with server-side apply under one field manager, patch status only when the
 //! decision says it is worth it). Only the Lease holder writes; followers keep warm caches.
 
+pub mod compute;
 pub mod conditions;
 pub mod hardware;
 pub mod ledger;
 pub mod materialise;
 pub mod metrics;
+pub mod moves;
 pub mod rollup;
 pub mod server_status;
+pub mod storage;
 pub mod tenant;
 pub mod tenants;
 pub mod workloads;
@@ -170,6 +173,7 @@ pub struct Context {
     pub instances: Store<sovereign_crds::ComputeInstance>,
     pub tenants: Store<sovereign_crds::Tenant>,
     pub ledger: Arc<ledger::Ledger>,
+    pub moves: Arc<moves::MoveLimiter>,
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
     pub policy: StatusPolicy,

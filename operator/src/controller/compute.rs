@@ -1,0 +1,304 @@
+//! The ComputeInstance controller: place, write the placement to status, then one Pod per
+//! replica bound to the chosen node (recreated when deleted, moved off unschedulable servers);
+//! the finalizer gives the capacity back (the Pods go with their owner).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
+use sovereign_crds::workload::{InstanceReplica, ReplicaState};
+use sovereign_crds::{
+    Classification, ComputeInstance, ComputeInstanceStatus, ConditionStatus, Phase,
+};
+
+use super::conditions::Desired;
+use super::ledger::Workload;
+use super::materialise;
+use super::workloads::{
+    Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, apply_child, ask, carried,
+    delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
+    write_status,
+};
+use super::{Context, Error};
+
+async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let stored = c.status.clone().unwrap_or_default();
+    let Some((tenant, _)) = tenant_of(ctx, &ns) else {
+        let desired = [Desired::new(
+            "Placed",
+            ConditionStatus::False,
+            "NoTenant",
+            format!("namespace {ns} belongs to no tenant"),
+        )];
+        let (cs, t) = merge(&stored.conditions, &desired, c.metadata.generation);
+        if !t.is_empty() {
+            let status = ComputeInstanceStatus {
+                conditions: cs,
+                ..stored
+            };
+            write_status(
+                ctx,
+                c,
+                &serde_json::to_value(&status).map_err(Error::Json)?,
+                None,
+            )
+            .await?;
+        }
+        return Ok(Action::requeue(RETRY_REFUSED));
+    };
+    if stored.replicas.is_empty() {
+        let (status, transitions, placed) =
+            match ask(ctx, Workload::Instance(c), &tenant, "ComputeInstance", c)? {
+                Asked::Placed(d) => {
+                    let replicas: Vec<InstanceReplica> = d
+                        .placements
+                        .iter()
+                        .map(|p| InstanceReplica {
+                            index: p.replica,
+                            server: p.server.clone(),
+                            rack: Some(p.rack.clone()),
+                            site: Some(p.site.clone()),
+                            node: p.node.clone(),
+                            pod: Some(materialise::pod_name(c, p.replica)),
+                            state: ReplicaState::Placed,
+                        })
+                        .collect();
+                    let where_: Vec<_> = d
+                        .placements
+                        .iter()
+                        .map(|p| (p.server.clone(), p.rack.clone(), p.site.clone()))
+                        .collect();
+                    let desired = [Desired::new(
+                        "Placed",
+                        ConditionStatus::True,
+                        "Placed",
+                        placed_message(&where_),
+                    )];
+                    let (cs, t) = merge(&stored.conditions, &desired, c.metadata.generation);
+                    (
+                        ComputeInstanceStatus {
+                            phase: Phase::Pending,
+                            replicas,
+                            conditions: cs,
+                        },
+                        t,
+                        true,
+                    )
+                }
+                Asked::Refused { reason, message } => {
+                    let desired = [Desired::new(
+                        "Placed",
+                        ConditionStatus::False,
+                        reason,
+                        message,
+                    )];
+                    let (cs, t) = merge(&stored.conditions, &desired, c.metadata.generation);
+                    (
+                        ComputeInstanceStatus {
+                            phase: Phase::Pending,
+                            conditions: cs,
+                            ..stored.clone()
+                        },
+                        t,
+                        false,
+                    )
+                }
+            };
+        if placed || !transitions.is_empty() {
+            let value = serde_json::to_value(&status).map_err(Error::Json)?;
+            if let Err(e) = write_status(
+                ctx,
+                c,
+                &value,
+                c.resource_version().as_deref().filter(|_| placed),
+            )
+            .await
+            {
+                if placed {
+                    ctx.ledger.release(&Workload::Instance(c).consumer());
+                }
+                return Err(e);
+            }
+            super::hardware::publish(ctx, &c.object_ref(&()), &transitions).await;
+        }
+        return Ok(if placed {
+            Action::await_change()
+        } else {
+            Action::requeue(RETRY_REFUSED)
+        });
+    }
+
+    let on: Vec<(u8, String, String)> = stored
+        .replicas
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.server.clone(),
+                r.site.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut degraded = all_placed();
+    let classification = tenant_of(ctx, &ns).map_or(Classification::Secret, |(_, c)| c);
+    match plan_move(ctx, Workload::Instance(c), classification, &on)? {
+        Some(Move::To(p, from, reason)) => {
+            let mut status = stored.clone();
+            if let Some(r) = status.replicas.iter_mut().find(|r| r.index == p.replica) {
+                *r = InstanceReplica {
+                    index: p.replica,
+                    server: p.server.clone(),
+                    rack: Some(p.rack.clone()),
+                    site: Some(p.site.clone()),
+                    node: p.node.clone(),
+                    pod: Some(materialise::pod_name(c, p.replica)),
+                    state: ReplicaState::Replacing,
+                };
+            }
+            status.phase = Phase::Degraded;
+            status.conditions = moving_conditions(
+                &stored.conditions,
+                &p,
+                &from,
+                &reason,
+                c.metadata.generation,
+            );
+            let value = serde_json::to_value(&status).map_err(Error::Json)?;
+            if let Err(e) = write_status(ctx, c, &value, c.resource_version().as_deref()).await {
+                ctx.ledger.forget(&Workload::Instance(c).consumer());
+                return Err(e);
+            }
+            announce_move(ctx, c, &p, &from, &reason).await;
+            return Ok(Action::await_change());
+        }
+        Some(Move::Held(d)) => degraded = d,
+        None => {}
+    }
+
+    let mut status = stored.clone();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for r in &mut status.replicas {
+        let Some(node) = r.node.clone() else {
+            r.state = ReplicaState::Pending;
+            continue;
+        };
+        let name = r
+            .pod
+            .clone()
+            .unwrap_or_else(|| materialise::pod_name(c, r.index));
+        // A Pod deleted by anyone is recreated on the same placement; an existing one is left
+        // as it is (a Pod's spec is immutable).
+        let live = pods.get_opt(&name).await.map_err(|source| Error::Apply {
+            what: format!("Pod {name}"),
+            source,
+        })?;
+        let running = match live {
+            // The replica moved: the old Pod goes first (same name), the next pass recreates it.
+            Some(p)
+                if p.metadata.deletion_timestamp.is_none()
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                        != Some(node.as_str()) =>
+            {
+                delete_ignoring_absent(pods.clone(), &name).await?;
+                false
+            }
+            Some(p) if p.metadata.deletion_timestamp.is_none() => p
+                .status
+                .and_then(|s| s.phase)
+                .is_some_and(|ph| ph == "Running"),
+            Some(_) => false,
+            None => {
+                apply_child(ctx, &materialise::pod(c, &tenant, r.index, &node)).await?;
+                false
+            }
+        };
+        // Bound to its node is materialised (there may be no kubelet to run it yet).
+        r.state = if running {
+            ReplicaState::Ready
+        } else {
+            ReplicaState::Placed
+        };
+    }
+    let total = status.replicas.len();
+    status.phase = if degraded.is_true() {
+        Phase::Degraded
+    } else {
+        Phase::Bound
+    };
+    let running = status
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Ready)
+        .count();
+    let desired = [
+        Desired::new(
+            "Ready",
+            if running == total {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            if running == total {
+                "Running"
+            } else {
+                "PodsBound"
+            },
+            format!("{total} pods bound to their nodes, {running} running"),
+        ),
+        degraded,
+    ];
+    let desired: Vec<Desired> = carried(&stored.conditions, "Placed")
+        .into_iter()
+        .chain(desired)
+        .collect();
+    let (cs, transitions) = merge(&stored.conditions, &desired, c.metadata.generation);
+    status.conditions = cs;
+    if status != stored {
+        write_status(
+            ctx,
+            c,
+            &serde_json::to_value(&status).map_err(Error::Json)?,
+            None,
+        )
+        .await?;
+        super::hardware::publish(ctx, &c.object_ref(&()), &transitions).await;
+    }
+    Ok(Action::requeue(Duration::from_mins(10)))
+}
+
+fn cleanup_instance(ctx: &Context, c: &ComputeInstance) -> Action {
+    // Pods go with their owner (garbage collection); the capacity is ours to give back.
+    ctx.ledger.release(&Workload::Instance(c).consumer());
+    tracing::info!(target: "sovereign::audit", decision = "released",
+        object = %format!("ComputeInstance/{}/{}", c.namespace().unwrap_or_default(), c.name_any()), "capacity released");
+    Action::await_change()
+}
+
+/// ComputeInstance: place, record, bind Pods; finalizer releases.
+pub async fn reconcile_instance(
+    c: Arc<ComputeInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let mut guard = ctx.metrics.start("computeinstance");
+    if !ctx.leader.is_leader() {
+        guard.result("follower");
+        return Ok(Action::await_change());
+    }
+    let api: Api<ComputeInstance> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, c, |event| async {
+        match event {
+            FinalizerEvent::Apply(c) => apply_instance(&ctx, &c).await,
+            FinalizerEvent::Cleanup(c) => Ok(cleanup_instance(&ctx, &c)),
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    guard.result(if result.is_ok() { "applied" } else { "error" });
+    result
+}
