@@ -57,10 +57,7 @@ pub struct TenantSpec {
         length(max = 16),
         inner(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
         extend("x-kubernetes-list-type" = "set"),
-        extend("x-kubernetes-validations" = [{
-            "rule": "self.all(n, !(n in ['default', 'sovereign-system']) && !n.startsWith('kube-'))",
-            "message": "system namespaces (default, kube-*, sovereign-system) cannot belong to a tenant"
-        }])
+        transform = no_system_namespaces
     )]
     pub namespaces: Vec<String>,
 }
@@ -148,4 +145,18 @@ pub struct TenantStatus {
     #[serde(default)]
     #[schemars(transform = conditions_list_map, length(max = 16))]
     pub conditions: Vec<Condition>,
+}
+
+/// Each namespace of a tenant is checked on its own (a rule per item, so the refusal names the
+/// item and needs no list comprehension).
+fn no_system_namespaces(schema: &mut schemars::Schema) {
+    if let Some(items) = schema.get_mut("items").and_then(serde_json::Value::as_object_mut) {
+        items.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([{
+                "rule": "!(self in ['default', 'sovereign-system']) && !self.startsWith('kube-')",
+                "message": "system namespaces (default, kube-*, sovereign-system) cannot belong to a tenant"
+            }]),
+        );
+    }
 }
