@@ -150,7 +150,10 @@ pub struct TenantStatus {
 /// Each namespace of a tenant is checked on its own (a rule per item, so the refusal names the
 /// item and needs no list comprehension).
 fn no_system_namespaces(schema: &mut schemars::Schema) {
-    if let Some(items) = schema.get_mut("items").and_then(serde_json::Value::as_object_mut) {
+    if let Some(items) = schema
+        .get_mut("items")
+        .and_then(serde_json::Value::as_object_mut)
+    {
         items.insert(
             "x-kubernetes-validations".into(),
             serde_json::json!([{

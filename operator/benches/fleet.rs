@@ -323,6 +323,14 @@ async fn main() {
             .dropped
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    // Why the operator wrote (its own counters, by reason).
+    if let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await
+        && let Ok(text) = resp.text().await
+    {
+        for line in text.lines().filter(|l| l.starts_with("sovereign_operator_status_writes_total")) {
+            println!("  {line}");
+        }
+    }
     drop(operator);
     let api: Api<Server> = Api::all(cluster.client.clone());
     let _ = api

@@ -172,11 +172,29 @@ impl std::fmt::Debug for Front {
 }
 
 impl Front {
-    /// Checks the options, reads the TLS files, starts the inventory watches and waits for
-    /// their first list (samples taken before would be labelled without rack and site).
-    pub async fn start(
+    /// Checks the options, reads the TLS files and starts the inventory watches; `serve` waits
+    /// for their first list before it takes samples.
+    pub fn start(client: kube::Client, options: TelemetryOptions) -> Result<Self, TelemetryError> {
+        let servers = mirror(
+            Api::<Server>::all(client.clone()),
+            watcher::Config::default(),
+            "Server",
+        );
+        let racks = mirror(
+            Api::<Rack>::all(client.clone()),
+            watcher::Config::default(),
+            "Rack",
+        );
+        Self::start_with(client, options, servers, racks)
+    }
+
+    /// [`Front::start`] on stores the caller already keeps (the operator's controllers share
+    /// theirs, so a large fleet is held once).
+    pub fn start_with(
         client: kube::Client,
         options: TelemetryOptions,
+        servers: Store<Server>,
+        racks: Store<Rack>,
     ) -> Result<Self, TelemetryError> {
         options.validate()?;
         let tls = match (&options.tls, options.plaintext) {
@@ -190,19 +208,7 @@ impl Front {
             }
             (None, false) => return Err(TelemetryError::NoTls),
         };
-        let locator = Locator::new(
-            mirror(
-                Api::<Server>::all(client.clone()),
-                watcher::Config::default(),
-                "Server",
-            ),
-            mirror(
-                Api::<Rack>::all(client.clone()),
-                watcher::Config::default(),
-                "Rack",
-            ),
-        );
-        locator.ready().await?;
+        let locator = Locator::new(servers, racks);
         let metrics = Arc::new(Metrics::new());
         let placement = locator.clone();
         let hub = Arc::new(
@@ -247,6 +253,8 @@ impl Front {
             tls,
             options,
         } = self;
+        // Samples taken before the first list would be labelled without rack and site.
+        locator.ready().await?;
         let stop = CancellationToken::new();
         let metrics_listener = bind(options.metrics_addr).await?;
         let metrics_task = tokio::spawn(export::serve_metrics(
@@ -288,7 +296,7 @@ pub async fn serve(
     options: TelemetryOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TelemetryError> {
-    Front::start(client, options).await?.serve(shutdown).await
+    Front::start(client, options)?.serve(shutdown).await
 }
 
 #[cfg(test)]

@@ -137,9 +137,7 @@ async fn agents_stream_through_token_review_into_labelled_metrics() {
     let client = FakeApi::client(fake_api().await).unwrap();
     let (grpc, metrics) = (free_addr(), free_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let front = telemetry::Front::start(client, options(grpc, metrics))
-        .await
-        .unwrap();
+    let front = telemetry::Front::start(client, options(grpc, metrics)).unwrap();
     let hub = front.hub();
     let front = tokio::spawn(front.serve(async {
         let _ = stopped.await;

@@ -21,13 +21,19 @@ where
     mirror_trimmed(api, config, what, |_| {})
 }
 
+/// Drops what no reader of a mirror needs: managed fields are often half of an object's size
+/// (every writer's field set), and large fleets are held in memory.
+fn trim_meta<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// [`mirror`] that trims each object before storing it (drop status or managed fields the
 /// caller never reads, so large fleets cost less memory).
 pub fn mirror_trimmed<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
-    trim: impl FnMut(&mut K) + Send + 'static,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -41,7 +47,10 @@ where
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(trim)
+        .modify(move |obj| {
+            trim_meta(obj);
+            trim(obj);
+        })
         .reflect(writer)
         .applied_objects();
     tokio::spawn(async move {
