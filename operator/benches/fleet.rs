@@ -327,7 +327,10 @@ async fn main() {
     if let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await
         && let Ok(text) = resp.text().await
     {
-        for line in text.lines().filter(|l| l.starts_with("sovereign_operator_status_writes_total")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("sovereign_operator_status_writes_total"))
+        {
             println!("  {line}");
         }
     }

@@ -217,6 +217,18 @@ fn tenant_controller(
         owned,
         |o: RoleBinding| by_tenant_label(&o),
     )
+    // Placements change the tenant's usage.
+    .watches(
+        Api::<ComputeInstance>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let ns_store = namespaces.clone();
+            move |c: ComputeInstance| {
+                let ns = ns_store.get(&ObjectRef::new(c.metadata.namespace.as_deref()?))?;
+                by_tenant_label(ns.as_ref())
+            }
+        },
+    )
     // A volume going away may unblock its tenant's deletion.
     .watches(
         Api::<StorageVolume>::all(client.clone()),
@@ -239,6 +251,26 @@ where
         .state()
         .iter()
         .filter(|w| w.replica_servers().any(|s| s == name))
+        .map(|w| ObjectRef::from(w.as_ref()))
+        .collect()
+}
+
+/// Workloads in the namespaces of a tenant.
+fn of_tenant<K>(store: &Store<K>, namespaces: &Store<Namespace>, t: &Tenant) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let tenant = t.metadata.name.as_deref().unwrap_or_default();
+    store
+        .state()
+        .iter()
+        .filter(|w| {
+            w.meta().namespace.as_deref().is_some_and(|ns| {
+                namespaces
+                    .get(&ObjectRef::new(ns))
+                    .is_some_and(|n| by_tenant_label(n.as_ref()).is_some_and(|r| r.name == tenant))
+            })
+        })
         .map(|w| ObjectRef::from(w.as_ref()))
         .collect()
 }
@@ -530,6 +562,16 @@ pub async fn run(
             watcher::Config::default(),
             move |s: Server| on_server(&volume_store, &s),
         )
+        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+        .watches(
+            Api::<Tenant>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let store = ctx.volumes.clone();
+                let ns_store = ctx.namespaces.clone();
+                move |t: Tenant| of_tenant(&store, &ns_store, &t)
+            },
+        )
         .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())
         .run(
@@ -548,6 +590,16 @@ pub async fn run(
             Api::<Server>::all(client.clone()),
             watcher::Config::default(),
             move |s: Server| on_server(&instance_store, &s),
+        )
+        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+        .watches(
+            Api::<Tenant>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let store = ctx.instances.clone();
+                let ns_store = ctx.namespaces.clone();
+                move |t: Tenant| of_tenant(&store, &ns_store, &t)
+            },
         )
         .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())

@@ -400,6 +400,46 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     .await;
     assert_eq!(v.status.unwrap().replicas[0].server, big_server);
 
+    // The tenant's usage is the ledger's, and within quota.
+    let tenants: Api<sovereign_crds::Tenant> = Api::all(cluster.client.clone());
+    let t = wait_for(Duration::from_secs(30), "the tenant's usage", || async {
+        let t = serde_json::to_value(tenants.get(&tenant).await.ok()?).ok()?;
+        (t["status"]["usage"]["storage"]["ssd"].is_string()
+            && has_condition(&t, "QuotaExceeded", "False"))
+        .then_some(t)
+    })
+    .await;
+    eprintln!("tenant usage: {}", t["status"]["usage"]);
+
+    // Classification raised to Secret (needs a tier-4 site; this one is tier 3): the replicas
+    // have nowhere compliant to go, so they stay, Degraded, saying why.
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+            "spec": {"classification": "Secret", "residency": {"jurisdictions": ["VN"], "sites": [site]},
+                "namespaces": [ns], "quota": {"cpu": 64, "memory": "256Gi", "storage": {"ssd": "20Ti"}}}}))
+        .await
+        .unwrap();
+    let degraded = wait_for(
+        Duration::from_secs(30),
+        "the volume Degraded by the new classification",
+        || async {
+            let v = serde_json::to_value(volumes.get("records").await.ok()?).ok()?;
+            let c = v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Degraded")?
+                .clone();
+            (c["status"] == "True" && c["reason"] == "NoCompliantServer").then_some(c)
+        },
+    )
+    .await;
+    let why = degraded["message"].as_str().unwrap();
+    eprintln!("degraded: {why}");
+    assert!(
+        why.contains("SecurityTierBelowClassification") && why.contains("security tier 4"),
+        "{why}"
+    );
+
     // Deletion releases: PVs and PVCs go, and the finalizer lets the volume go.
     let pv_names: Vec<String> = st.replicas.iter().filter_map(|r| r.pv.clone()).collect();
     volumes

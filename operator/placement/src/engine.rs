@@ -147,6 +147,8 @@ impl fmt::Display for Refusal {
                     write!(f, " replica {} of {replicas}", replica + 1)?;
                 }
                 // Unhealthy servers are one entry (with the breakdown) ranked by their total.
+                let removed: Vec<&(Reason, usize)> =
+                    removed.iter().filter(|(_, n)| *n > 0).collect();
                 let unhealthy: Vec<String> = removed
                     .iter()
                     .filter(|(r, _)| matches!(r, Reason::Unhealthy(_)))

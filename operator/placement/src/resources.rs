@@ -146,7 +146,19 @@ impl Resources {
     /// The API's resource set for this vector (exact: cores or millicores, bytes); zero
     /// classes are left out.
     pub fn to_set(&self) -> ResourceSet {
-        let q = |v: u64| (v > 0).then(|| sovereign_crds::Quantity::new(v.to_string()));
+        // Bytes in the largest binary unit that keeps them exact (16Gi, not 17179869184).
+        let q = |v: u64| {
+            (v > 0).then(|| {
+                let text = [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")]
+                    .iter()
+                    .find(|(shift, _)| v.is_multiple_of(1u64 << shift))
+                    .map_or_else(
+                        || v.to_string(),
+                        |(shift, unit)| format!("{}{unit}", v >> shift),
+                    );
+                sovereign_crds::Quantity::new(text)
+            })
+        };
         let cpu = self.get(Class::Cpu);
         let storage = sovereign_crds::TieredStorage {
             nvme: q(self.get(Class::Nvme)),

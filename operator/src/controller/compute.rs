@@ -11,9 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use sovereign_crds::workload::{InstanceReplica, ReplicaState};
-use sovereign_crds::{
-    Classification, ComputeInstance, ComputeInstanceStatus, ConditionStatus, Phase,
-};
+use sovereign_crds::{ComputeInstance, ComputeInstanceStatus, ConditionStatus, Phase};
 
 use super::conditions::Desired;
 use super::ledger::Workload;
@@ -28,7 +26,7 @@ use super::{Context, Error};
 async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
     let stored = c.status.clone().unwrap_or_default();
-    let Some((tenant, _)) = tenant_of(ctx, &ns) else {
+    let Some((tenant, classification)) = tenant_of(ctx, &ns) else {
         let desired = [Desired::new(
             "Placed",
             ConditionStatus::False,
@@ -145,8 +143,7 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         })
         .collect();
     let mut degraded = all_placed();
-    let classification = tenant_of(ctx, &ns).map_or(Classification::Secret, |(_, c)| c);
-    match plan_move(ctx, Workload::Instance(c), classification, &on)? {
+    match plan_move(ctx, Workload::Instance(c), &tenant, classification, &on)? {
         Some(Move::To(p, from, reason)) => {
             let mut status = stored.clone();
             if let Some(r) = status.replicas.iter_mut().find(|r| r.index == p.replica) {

@@ -144,7 +144,7 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         .map(|r| (r.index, r.server.clone(), r.site.clone()))
         .collect();
     let mut degraded = all_placed();
-    match plan_move(ctx, Workload::Volume(v), classification, &on)? {
+    match plan_move(ctx, Workload::Volume(v), &tenant, classification, &on)? {
         Some(Move::To(p, from, reason)) => {
             let mut status = stored.clone();
             if let Some(r) = status.replicas.iter_mut().find(|r| r.index == p.replica) {

@@ -290,6 +290,34 @@ pub fn conditions(
     vec![ready, conflict]
 }
 
+/// `QuotaExceeded` from what the tenant uses (a quota lowered below what is already placed;
+/// new placements over quota are refused by the engine).
+pub fn quota_condition(t: &Tenant, used: &sovereign_placement::Resources) -> Desired {
+    use ConditionStatus::{False, True};
+    let quota = sovereign_placement::from_crds::tenant_policy(t)
+        .ok()
+        .and_then(|p| p.quota);
+    match quota.and_then(|q| used.exceeds(&q).map(|c| (c, q))) {
+        Some((class, q)) => Desired::new(
+            "QuotaExceeded",
+            True,
+            "UsageAboveQuota",
+            format!(
+                "{} in use {} is above the quota of {}",
+                class.describe(),
+                sovereign_placement::resources::human(class, used.get(class)),
+                sovereign_placement::resources::human(class, q.get(class))
+            ),
+        ),
+        None => Desired::new(
+            "QuotaExceeded",
+            False,
+            "WithinQuota",
+            format!("in use: {used}"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

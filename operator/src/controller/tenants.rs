@@ -144,7 +144,12 @@ async fn write_status(
 ) -> Result<Vec<conditions::Transition>, Error> {
     let name = t.name_any();
     let stored = t.status.clone().unwrap_or_default();
-    let desired = tenant::conditions(namespaces, blocked);
+    let mut desired = tenant::conditions(namespaces, blocked);
+    // Usage is what the ledger holds for the tenant (all replicas of placed workloads).
+    let used = ctx.ledger.tenant_used(&name);
+    if let Some(used) = used {
+        desired.push(tenant::quota_condition(t, &used));
+    }
     let (merged, transitions) = conditions::merge(
         &stored.conditions,
         &desired,
@@ -157,10 +162,13 @@ async fn write_status(
             .filter(|(_, p)| !matches!(p, NamespacePlan::Conflict { .. }))
             .map(|(n, _)| n.clone())
             .collect(),
-        usage: None,
+        usage: used.filter(|u| !u.is_zero()).map(|u| u.to_set()),
         conditions: merged,
     };
-    if status.namespaces == stored.namespaces && transitions.is_empty() {
+    if status.namespaces == stored.namespaces
+        && status.usage == stored.usage
+        && transitions.is_empty()
+    {
         return Ok(transitions);
     }
     let api: Api<Tenant> = Api::all(ctx.client.clone());

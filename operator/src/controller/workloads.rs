@@ -213,8 +213,34 @@ pub(super) fn merge(
     conditions::merge(stored, desired, generation, &Time(Timestamp::now()))
 }
 
-/// Why a replica must leave its server (the server's Schedulable reason), or None.
-pub(super) fn move_reason(ctx: &Context, server: &str) -> Option<String> {
+/// Why a replica must leave its server, or None: the server is unschedulable (its Schedulable
+/// reason), or its site no longer satisfies the tenant's policy (classification raised,
+/// residency narrowed).
+pub(super) fn move_reason(ctx: &Context, server: &str, site: &str, tenant: &str) -> Option<String> {
+    if let (Some(t), Some(s)) = (
+        ctx.tenants.get(&ObjectRef::new(tenant)),
+        ctx.sites.get(&ObjectRef::new(site)),
+    ) {
+        if s.spec.security_tier < t.spec.classification.min_security_tier() {
+            return Some("SecurityTierBelowClassification".into());
+        }
+        if !t
+            .spec
+            .residency
+            .jurisdictions
+            .contains(&s.spec.jurisdiction)
+        {
+            return Some("OutsideResidency".into());
+        }
+        if t.spec
+            .residency
+            .sites
+            .as_ref()
+            .is_some_and(|allowed| !allowed.iter().any(|a| a == site))
+        {
+            return Some("SiteNotAllowed".into());
+        }
+    }
     let Some(s) = ctx.servers.get(&ObjectRef::new(server)) else {
         return Some("ServerRemoved".into());
     };
@@ -235,11 +261,12 @@ pub(super) enum Move {
 pub(super) fn plan_move(
     ctx: &Context,
     w: Workload<'_>,
+    tenant: &str,
     classification: Classification,
     replicas: &[(u8, String, String)],
 ) -> Result<Option<Move>, Error> {
     for (index, server, site) in replicas {
-        let Some(reason) = move_reason(ctx, server) else {
+        let Some(reason) = move_reason(ctx, server, site, tenant) else {
             continue;
         };
         let urgent = reason == "ChassisIntrusion" && classification >= Classification::Confidential;
