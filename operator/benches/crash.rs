@@ -1,0 +1,419 @@
+//! Crash test against the cluster in KUBECONFIG: the operator binary is SIGKILLed at random
+//! moments (and restarted at once) while StorageVolumes and ComputeInstances are created. After
+//! convergence it checks, and prints: every workload placed exactly once (replica count and
+//! distinct indices), no PV, PVC or Pod orphaned or duplicated, and the ledger (the tenant's
+//! usage, which the operator computes from its books) equal to the sum of the status replicas.
+//!
+//! `cargo bench -p sovereign-operator --bench crash -- [--objects 1000] [--kills 10] [--servers 40]`
+//! Exits non-zero on any violation. Run it on a control plane of its own (see README).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench may panic
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use sovereign_crds::{ComputeInstance, Phase, StorageVolume, Tenant};
+use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
+use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_tests::e2e::{ChildGuard, FakeNode, cluster};
+
+const NS: &str = "sovereign-system";
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sample(server: &str) -> Sample {
+    Sample {
+        server: server.to_owned(),
+        source: Source::Redfish as i32,
+        observed_at_unix_ms: k8s_openapi::jiff::Timestamp::now().as_millisecond(),
+        body: Some(Body::Bmc(BmcSummary {
+            health: proto::Health::Ok as i32,
+            power_state: "On".into(),
+            consumed_watts: Some(300.0),
+            intrusion: "Normal".into(),
+            logical_processors: 256,
+            memory_bytes: Some(2048 << 30),
+            drive_list: vec![proto::Drive {
+                id: "ssd0".into(),
+                tier: "ssd".into(),
+                capacity_bytes: Some(200_000_000_000_000),
+                health: proto::Health::Ok as i32,
+                encryption_capable: true,
+                ..proto::Drive::default()
+            }],
+            ..BmcSummary::default()
+        })),
+    }
+}
+
+fn operator(kubeconfig: &Path, port: u16, run: u32) -> ChildGuard {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--check-only".into(),
+        "--plaintext-telemetry".into(),
+        format!("--telemetry-addr=127.0.0.1:{port}"),
+        format!("--metrics-addr=127.0.0.1:{}", free()),
+        format!("--admin-addr=127.0.0.1:{}", free()),
+        "--collector=system:serviceaccount:sovereign-system:sovereign-collector".into(),
+    ];
+    ChildGuard::spawn(
+        Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
+        &format!("crash-operator-{run}"),
+        &args,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let objects = arg("--objects", 1000) as usize;
+    let kills = arg("--kills", 10) as u32;
+    let servers = arg("--servers", 40) as usize;
+    let Some(cluster) = cluster("crash bench").await else {
+        return;
+    };
+    let helm = sovereign_tests::chart::helm().expect("helm (hack/install-helm.sh)");
+    cluster.install_crds().await;
+    cluster.install_admission().await;
+    cluster.apply_chart_rbac(&helm).await;
+    let p = format!("crash{}", std::process::id() % 10_000);
+    let site = format!("{p}-site");
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Site", "metadata": {"name": site},
+            "spec": {"jurisdiction": "VN", "region": "north", "securityTier": 3}}))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    for i in 0..servers {
+        let rack = format!("{p}-r{}", i / 10);
+        if i % 10 == 0 {
+            cluster
+                .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Rack", "metadata": {"name": rack},
+                    "spec": {"site": site, "powerBudgetWatts": 1_000_000, "maxInletCelsius": 35}}))
+                .await
+                .unwrap();
+        }
+        let name = format!("{rack}-s{}", i % 10);
+        let node = format!("{p}-node-{i}");
+        cluster.create_node(&FakeNode::new(&node)).await;
+        cluster
+            .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
+                "metadata": {"name": name, "labels": {"sovereign.io/crash": p}},
+                "spec": {"rack": rack, "nodeName": node, "bmc": {"address": "https://bmc.mgmt.example",
+                    "credentialsSecretRef": {"name": "bmc", "namespace": NS}, "insecureSkipVerify": true,
+                    "pollIntervalSeconds": 60}}}))
+            .await
+            .unwrap();
+        names.push(name);
+    }
+    let tenant = format!("{p}-tenant");
+    let ns = format!("{p}-data");
+    cluster
+        .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
+            "spec": {"classification": "Internal", "residency": {"jurisdictions": ["VN"]}, "namespaces": [ns]}}))
+        .await
+        .unwrap();
+
+    let kubeconfig = cluster
+        .service_account_kubeconfig(NS, "sovereign-operator")
+        .await;
+    let token = cluster
+        .service_account_token(NS, "sovereign-collector", &["sovereign-telemetry"])
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut op = operator(&kubeconfig, port, 0);
+    let (publisher, _task) = publisher::start(
+        PublisherConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            buffer: 100_000,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            ca_pem: None,
+        },
+        move || Some(token.clone()),
+    );
+    {
+        let publisher = publisher.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            loop {
+                for n in &names {
+                    publisher.offer(sample(n));
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
+    // Servers ready before the storm.
+    let tenants: Api<Tenant> = Api::all(cluster.client.clone());
+    for _ in 0..600 {
+        let t = tenants
+            .get(&tenant)
+            .await
+            .ok()
+            .and_then(|t| serde_json::to_value(t).ok());
+        if t.as_ref()
+            .is_some_and(|t| sovereign_tests::e2e::has_condition(t, "Ready", "True"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Create while killing.
+    let creating = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
+    let volumes: Api<StorageVolume> = Api::namespaced(cluster.client.clone(), &ns);
+    let instances: Api<ComputeInstance> = Api::namespaced(cluster.client.clone(), &ns);
+    let create = {
+        let volumes = volumes.clone();
+        let instances = instances.clone();
+        let ns = ns.clone();
+        let creating = creating.clone();
+        async move {
+            futures::stream::iter(0..objects)
+                .for_each_concurrent(8, |i| {
+                    let (volumes, instances, ns) = (volumes.clone(), instances.clone(), ns.clone());
+                    async move {
+                        if i % 2 == 0 {
+                            let v: StorageVolume = serde_json::from_value(json!({
+                                "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+                                "metadata": {"name": format!("v{i}"), "namespace": ns},
+                                "spec": {"size": "10Gi", "tier": "ssd", "replicas": 2}
+                            }))
+                            .unwrap();
+                            let _ = volumes.create(&PostParams::default(), &v).await;
+                        } else {
+                            let c: ComputeInstance = serde_json::from_value(json!({
+                                "apiVersion": "sovereign.io/v1alpha1", "kind": "ComputeInstance",
+                                "metadata": {"name": format!("c{i}"), "namespace": ns},
+                                "spec": {"cpu": "500m", "memory": "1Gi", "image": "registry.example/app:1", "replicas": 2}
+                            }))
+                            .unwrap();
+                            let _ = instances.create(&PostParams::default(), &c).await;
+                        }
+                    }
+                })
+                .await;
+            creating.store(false, Ordering::Relaxed);
+        }
+    };
+    let kill = async {
+        let mut done = 0;
+        while done < kills {
+            tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(0..2500))).await;
+            op.kill();
+            done += 1;
+            op = operator(&kubeconfig, port, done);
+        }
+        done
+    };
+    let ((), killed) = tokio::join!(create, kill);
+    let created_in = started.elapsed();
+
+    // Converge.
+    let deadline = Instant::now() + Duration::from_mins(5);
+    let lp = ListParams::default();
+    let (vs, cs) = loop {
+        let vs = volumes.list(&lp).await.unwrap().items;
+        let cs = instances.list(&lp).await.unwrap().items;
+        let bound = vs
+            .iter()
+            .filter(|v| v.status.as_ref().is_some_and(|s| s.phase == Phase::Bound))
+            .count()
+            + cs.iter()
+                .filter(|c| c.status.as_ref().is_some_and(|s| s.phase == Phase::Bound))
+                .count();
+        if bound == objects || Instant::now() > deadline {
+            break (vs, cs);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let converged_in = started.elapsed();
+
+    let mut violations = Vec::new();
+    let mut want_pvcs = BTreeSet::new();
+    let mut want_volumes = BTreeSet::new();
+    let mut want_pods = BTreeSet::new();
+    let (mut cpu_milli, mut mem, mut ssd) = (0u64, 0u64, 0u64);
+    for v in &vs {
+        let st = v.status.clone().unwrap_or_default();
+        let idx: BTreeSet<u8> = st.replicas.iter().map(|r| r.index).collect();
+        if st.phase != Phase::Bound || st.replicas.len() != 2 || idx.len() != 2 {
+            violations.push(format!(
+                "volume {:?}: {:?} with {} replicas",
+                v.metadata.name,
+                st.phase,
+                st.replicas.len()
+            ));
+        }
+        want_pvcs.extend(st.replicas.iter().filter_map(|r| r.pvc.clone()));
+        want_volumes.extend(st.replicas.iter().filter_map(|r| r.pv.clone()));
+        ssd += 10 * (1 << 30) * st.replicas.len() as u64;
+    }
+    for c in &cs {
+        let st = c.status.clone().unwrap_or_default();
+        let idx: BTreeSet<u8> = st.replicas.iter().map(|r| r.index).collect();
+        if st.phase != Phase::Bound || st.replicas.len() != 2 || idx.len() != 2 {
+            violations.push(format!(
+                "instance {:?}: {:?} with {} replicas",
+                c.metadata.name,
+                st.phase,
+                st.replicas.len()
+            ));
+        }
+        want_pods.extend(st.replicas.iter().filter_map(|r| r.pod.clone()));
+        cpu_milli += 500 * st.replicas.len() as u64;
+        mem += (1 << 30) * st.replicas.len() as u64;
+    }
+    if vs.len() + cs.len() != objects {
+        violations.push(format!(
+            "{} of {objects} objects exist",
+            vs.len() + cs.len()
+        ));
+    }
+    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=sovereign-operator");
+    let pvcs: BTreeSet<String> =
+        Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), &ns)
+            .list(&managed)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+    let pods: BTreeSet<String> = Api::<Pod>::namespaced(cluster.client.clone(), &ns)
+        .list(&managed)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let volumes_pv: BTreeSet<String> = Api::<PersistentVolume>::all(cluster.client.clone())
+        .list(&managed)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("sovereign.io/volume"))
+                .is_some_and(|v| v.starts_with(&format!("{ns}/")))
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    for (what, want, have) in [
+        ("PVC", &want_pvcs, &pvcs),
+        ("PV", &want_volumes, &volumes_pv),
+        ("Pod", &want_pods, &pods),
+    ] {
+        let orphans: Vec<_> = have.difference(want).collect();
+        let missing: Vec<_> = want.difference(have).collect();
+        if !orphans.is_empty() || !missing.is_empty() {
+            violations.push(format!(
+                "{what}: {} orphaned {:?}, {} missing {:?}",
+                orphans.len(),
+                orphans.iter().take(3).collect::<Vec<_>>(),
+                missing.len(),
+                missing.iter().take(3).collect::<Vec<_>>()
+            ));
+        }
+    }
+    // The ledger: the operator's usage for the tenant equals the sum of the status replicas.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let usage = tenants
+        .get(&tenant)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.usage);
+    let got: BTreeMap<&str, u64> = usage.as_ref().map_or_else(BTreeMap::new, |u| {
+        let parse = |q: &Option<sovereign_crds::Quantity>, milli: bool| {
+            q.as_ref()
+                .and_then(|q| q.parse().ok())
+                .and_then(|p| {
+                    if milli {
+                        p.to_milli().ok()
+                    } else {
+                        p.to_units().ok()
+                    }
+                })
+                .unwrap_or(0)
+        };
+        BTreeMap::from([
+            ("cpu_milli", parse(&u.cpu, true)),
+            ("memory", parse(&u.memory, false)),
+            (
+                "ssd",
+                parse(&u.storage.as_ref().and_then(|s| s.ssd.clone()), false),
+            ),
+        ])
+    });
+    let want = BTreeMap::from([("cpu_milli", cpu_milli), ("memory", mem), ("ssd", ssd)]);
+    if got != want {
+        violations.push(format!("ledger {got:?} != status replicas {want:?}"));
+    }
+    println!(
+        "objects {objects} ({} volumes, {} instances), operator killed {killed} times",
+        vs.len(),
+        cs.len()
+    );
+    println!(
+        "created in {:.1} s, converged in {:.1} s",
+        created_in.as_secs_f64(),
+        converged_in.as_secs_f64()
+    );
+    println!(
+        "PVs {}, PVCs {}, Pods {} (as named by status: {}, {}, {})",
+        volumes_pv.len(),
+        pvcs.len(),
+        pods.len(),
+        want_volumes.len(),
+        want_pvcs.len(),
+        want_pods.len()
+    );
+    println!("ledger usage {got:?}; sum of status replicas {want:?}");
+    drop(op);
+    if violations.is_empty() {
+        println!("exactly once: OK");
+    } else {
+        for v in violations.iter().take(20) {
+            println!("VIOLATION {v}");
+        }
+        std::process::exit(1);
+    }
+}
