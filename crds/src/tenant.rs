@@ -46,6 +46,9 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = positive_resources)]
     pub quota: Option<ResourceSet>,
+    /// Most objects the tenant may have in each of its namespaces (a ResourceQuota count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_limits: Option<ObjectLimits>,
     /// People and service accounts who administer the tenant's namespaces.
     #[serde(default)]
     #[schemars(length(max = 32))]
@@ -60,6 +63,20 @@ pub struct TenantSpec {
         transform = no_system_namespaces
     )]
     pub namespaces: Vec<String>,
+}
+
+/// Object counts per namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLimits {
+    /// StorageVolumes per namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub storage_volumes: Option<u32>,
+    /// ComputeInstances per namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub compute_instances: Option<u32>,
 }
 
 /// Data residency policy.

@@ -114,7 +114,7 @@ async fn main() {
         if i % 10 == 0 {
             cluster
                 .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Rack", "metadata": {"name": rack},
-                    "spec": {"site": site, "powerBudgetWatts": 1_000_000, "maxInletCelsius": 35}}))
+                    "spec": {"site": site, "powerBudgetWatts": 250_000, "maxInletCelsius": 35}}))
                 .await
                 .unwrap();
         }

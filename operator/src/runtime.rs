@@ -15,8 +15,8 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::cluster::{mirror, mirror_trimmed};
 use sovereign_telemetry::hub::Hub;
@@ -42,8 +42,6 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot share the {0} watch between the controllers")]
-    Watch(&'static str),
     #[error("leader election on Lease {namespace}/{name}: {source}")]
     Lease {
         namespace: String,
@@ -124,39 +122,6 @@ fn on_leadership(rx: Option<watch::Receiver<bool>>) -> impl Stream<Item = ()> + 
             }
         }
     })
-}
-
-/// A store shared by a controller and every other reader: the watch runs once and the objects
-/// are held once (large fleets), trimmed of managed fields. The controller subscribes to it.
-fn shared_mirror<K>(
-    api: Api<K>,
-    what: &'static str,
-) -> Result<(Store<K>, ReflectHandle<K>), RunError>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    // Room for a full relist of a large fleet while the controller catches up.
-    let (store, writer) = reflector::store_shared(65_536);
-    let handle = writer.subscribe().ok_or(RunError::Watch(what))?;
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect_shared(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, watch = what, "watch error; retrying");
-            }
-        }
-    });
-    Ok((store, handle))
 }
 
 /// Node store without status and managed fields (only taints are read).
@@ -405,7 +370,11 @@ pub async fn run(
         metrics.set_leader(true);
     }
 
-    let (servers, server_events) = shared_mirror(Api::<Server>::all(client.clone()), "Server")?;
+    let servers = mirror(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        "Server",
+    );
     let racks = mirror(
         Api::<Rack>::all(client.clone()),
         watcher::Config::default(),
@@ -432,12 +401,16 @@ pub async fn run(
             n.metadata.managed_fields = None;
         },
     );
-    let (volumes, volume_events) =
-        shared_mirror(Api::<StorageVolume>::all(client.clone()), "StorageVolume")?;
-    let (instances, instance_events) = shared_mirror(
+    let volumes = mirror(
+        Api::<StorageVolume>::all(client.clone()),
+        watcher::Config::default(),
+        "StorageVolume",
+    );
+    let instances = mirror(
         Api::<ComputeInstance>::all(client.clone()),
+        watcher::Config::default(),
         "ComputeInstance",
-    )?;
+    );
     let tenants_store = mirror(
         Api::<Tenant>::all(client.clone()),
         watcher::Config::default(),
@@ -485,17 +458,20 @@ pub async fn run(
     let shutdown_signal = || stop.clone().cancelled_owned();
     let config = kube::runtime::controller::Config::default().debounce(Duration::from_millis(50));
     let managed = format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER);
-    let server_controller = Controller::for_shared_stream(server_events, servers.clone())
-        .with_config(config.clone())
-        .reconcile_on(hub_triggers(&hub, servers.clone()))
-        .reconcile_all_on(on_leadership(lease_rx.clone()))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            hardware::reconcile_server,
-            hardware::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let server_controller = Controller::new(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(hub_triggers(&hub, servers.clone()))
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        hardware::reconcile_server,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
     let rack_controller =
         Controller::new(Api::<Rack>::all(client.clone()), watcher::Config::default())
             .with_config(config.clone())
@@ -550,65 +526,71 @@ pub async fn run(
 
     let volume_store = ctx.volumes.clone();
     let instance_store = ctx.instances.clone();
-    let volume_controller = Controller::for_shared_stream(volume_events, volumes)
-        .with_config(config.clone())
-        .owns(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-        )
-        // A server turning unschedulable wakes the volumes with a replica on it.
-        .watches(
-            Api::<Server>::all(client.clone()),
-            watcher::Config::default(),
-            move |s: Server| on_server(&volume_store, &s),
-        )
-        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-        .watches(
-            Api::<Tenant>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let store = ctx.volumes.clone();
-                let ns_store = ctx.namespaces.clone();
-                move |t: Tenant| of_tenant(&store, &ns_store, &t)
-            },
-        )
-        .reconcile_all_on(on_leadership(lease_rx.clone()))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            storage::reconcile_volume,
-            hardware::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let instance_controller = Controller::for_shared_stream(instance_events, instances)
-        .with_config(config)
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-        )
-        .watches(
-            Api::<Server>::all(client.clone()),
-            watcher::Config::default(),
-            move |s: Server| on_server(&instance_store, &s),
-        )
-        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-        .watches(
-            Api::<Tenant>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let store = ctx.instances.clone();
-                let ns_store = ctx.namespaces.clone();
-                move |t: Tenant| of_tenant(&store, &ns_store, &t)
-            },
-        )
-        .reconcile_all_on(on_leadership(lease_rx.clone()))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            compute::reconcile_instance,
-            hardware::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let volume_controller = Controller::new(
+        Api::<StorageVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config.clone())
+    .owns(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default().labels(&managed),
+    )
+    // A server turning unschedulable wakes the volumes with a replica on it.
+    .watches(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        move |s: Server| on_server(&volume_store, &s),
+    )
+    // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+    .watches(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let store = ctx.volumes.clone();
+            let ns_store = ctx.namespaces.clone();
+            move |t: Tenant| of_tenant(&store, &ns_store, &t)
+        },
+    )
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        storage::reconcile_volume,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let instance_controller = Controller::new(
+        Api::<ComputeInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .owns(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&managed),
+    )
+    .watches(
+        Api::<Server>::all(client.clone()),
+        watcher::Config::default(),
+        move |s: Server| on_server(&instance_store, &s),
+    )
+    // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+    .watches(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let store = ctx.instances.clone();
+            let ns_store = ctx.namespaces.clone();
+            move |t: Tenant| of_tenant(&store, &ns_store, &t)
+        },
+    )
+    .reconcile_all_on(on_leadership(lease_rx.clone()))
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        compute::reconcile_instance,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
 
     let front_stop = stop.clone();
     let front_task = {

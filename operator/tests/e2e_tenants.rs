@@ -102,10 +102,11 @@ async fn tenants_are_onboarded_isolated_and_released_on_a_real_api_server() {
         .await;
         let quota: Api<ResourceQuota> = Api::namespaced(cluster.client.clone(), ns);
         let q = quota.get("sovereign-quota").await.unwrap();
-        assert!(
-            q.spec.unwrap().hard.unwrap().contains_key("requests.cpu"),
-            "{tenant}"
-        );
+        let hard = q.spec.unwrap().hard.unwrap();
+        assert!(hard.contains_key("requests.cpu"), "{tenant}");
+        if tenant == "moh" {
+            assert_eq!(hard["count/storagevolumes.sovereign.io"].0, "20");
+        }
         let np: Api<NetworkPolicy> = Api::namespaced(cluster.client.clone(), ns);
         np.get("sovereign-default-deny").await.unwrap();
         np.get("sovereign-allow-tenant").await.unwrap();

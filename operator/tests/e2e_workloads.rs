@@ -439,6 +439,16 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         why.contains("SecurityTierBelowClassification") && why.contains("security tier 4"),
         "{why}"
     );
+    let t = wait_for(
+        Duration::from_secs(30),
+        "the tenant to report the replicas outside policy",
+        || async {
+            let t = serde_json::to_value(tenants.get(&tenant).await.ok()?).ok()?;
+            has_condition(&t, "PlacementsCompliant", "False").then_some(t)
+        },
+    )
+    .await;
+    eprintln!("tenant: {}", t["status"]["conditions"]);
 
     // Deletion releases: PVs and PVCs go, and the finalizer lets the volume go.
     let pv_names: Vec<String> = st.replicas.iter().filter_map(|r| r.pv.clone()).collect();

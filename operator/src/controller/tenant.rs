@@ -135,8 +135,25 @@ pub fn namespace(t: &Tenant, name: &str, created: bool) -> Value {
 /// The ResourceQuota of one tenant namespace, or None without a quota. Each namespace gets the
 /// whole tenant quota as its ceiling; the tenant-wide sum is the placement engine's to keep.
 pub fn quota(t: &Tenant, ns: &str) -> Option<Value> {
-    let q = t.spec.quota.as_ref()?;
+    if t.spec.quota.is_none() && t.spec.object_limits.is_none() {
+        return None;
+    }
+    let q = t.spec.quota.clone().unwrap_or_default();
     let mut hard = serde_json::Map::new();
+    if let Some(limits) = &t.spec.object_limits {
+        if let Some(n) = limits.storage_volumes {
+            hard.insert(
+                "count/storagevolumes.sovereign.io".into(),
+                json!(n.to_string()),
+            );
+        }
+        if let Some(n) = limits.compute_instances {
+            hard.insert(
+                "count/computeinstances.sovereign.io".into(),
+                json!(n.to_string()),
+            );
+        }
+    }
     if let Some(cpu) = &q.cpu {
         hard.insert("requests.cpu".into(), json!(cpu.0));
         hard.insert("limits.cpu".into(), json!(cpu.0));
@@ -331,6 +348,7 @@ mod tests {
                 "residency": {"jurisdictions": ["VN"]},
                 "namespaces": namespaces,
                 "quota": {"cpu": "64", "memory": "256Gi", "gpus": 2, "storage": {"nvme": "10Ti"}},
+                "objectLimits": {"storageVolumes": 50, "computeInstances": 20},
                 "admins": [
                     {"kind": "User", "name": "alice@moh.gov.vn"},
                     {"kind": "ServiceAccount", "name": "ci", "namespace": "moh-ci"}

@@ -136,6 +136,82 @@ fn labelled(ctx: &Context, tenant: &str) -> Vec<Arc<Namespace>> {
         .collect()
 }
 
+/// Whether every replica of the tenant's workloads sits on a site its policy allows now (a
+/// raised classification or a narrowed residency leaves some behind until they move).
+fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
+    use sovereign_crds::ConditionStatus::{False, True};
+    let name = t.name_any();
+    let ours: Vec<String> = labelled(ctx, &name).iter().map(|n| n.name_any()).collect();
+    let min_tier = t.spec.classification.min_security_tier();
+    let site_ok = |site: &str| {
+        ctx.sites.get(&ObjectRef::new(site)).is_none_or(|s| {
+            s.spec.security_tier >= min_tier
+                && t.spec
+                    .residency
+                    .jurisdictions
+                    .contains(&s.spec.jurisdiction)
+                && t.spec
+                    .residency
+                    .sites
+                    .as_ref()
+                    .is_none_or(|a| a.iter().any(|x| x == site))
+        })
+    };
+    let mut outside = Vec::new();
+    for v in ctx.volumes.state() {
+        let ns = v.namespace().unwrap_or_default();
+        if !ours.contains(&ns) {
+            continue;
+        }
+        for r in v.status.iter().flat_map(|s| &s.replicas) {
+            if !site_ok(&r.site) {
+                outside.push(format!(
+                    "StorageVolume {ns}/{} replica {} at {}",
+                    v.name_any(),
+                    r.index,
+                    r.site
+                ));
+            }
+        }
+    }
+    for c in ctx.instances.state() {
+        let ns = c.namespace().unwrap_or_default();
+        if !ours.contains(&ns) {
+            continue;
+        }
+        for r in c.status.iter().flat_map(|s| &s.replicas) {
+            let site = r.site.clone().unwrap_or_default();
+            if !site_ok(&site) {
+                outside.push(format!(
+                    "ComputeInstance {ns}/{} replica {} at {site}",
+                    c.name_any(),
+                    r.index
+                ));
+            }
+        }
+    }
+    if outside.is_empty() {
+        conditions::Desired::new(
+            "PlacementsCompliant",
+            True,
+            "AllReplicasCompliant",
+            "every replica is at a site the tenant's policy allows",
+        )
+    } else {
+        let n = outside.len();
+        outside.truncate(10);
+        conditions::Desired::new(
+            "PlacementsCompliant",
+            False,
+            "ReplicasOutsidePolicy",
+            format!(
+                "{n} replicas at sites the policy no longer allows (moving, or Degraded where nothing complies): {}",
+                outside.join("; ")
+            ),
+        )
+    }
+}
+
 async fn write_status(
     ctx: &Context,
     t: &Tenant,
@@ -145,6 +221,7 @@ async fn write_status(
     let name = t.name_any();
     let stored = t.status.clone().unwrap_or_default();
     let mut desired = tenant::conditions(namespaces, blocked);
+    desired.push(compliance(ctx, t));
     // Usage is what the ledger holds for the tenant (all replicas of placed workloads).
     let used = ctx.ledger.tenant_used(&name);
     if let Some(used) = used {
