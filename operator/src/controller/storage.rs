@@ -272,7 +272,8 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
     Ok(if all {
         Action::requeue(Duration::from_mins(10))
     } else {
-        Action::requeue(Duration::from_secs(2))
+        // The PVC turning Bound wakes us (owned objects are watched); this is the fallback.
+        Action::requeue(Duration::from_secs(30))
     })
 }
 
