@@ -412,11 +412,11 @@ async fn main() {
         want_pvcs.len(),
         want_pods.len()
     );
-    println!("ledger usage {got:?};
+    println!("ledger usage {got:?}; sum of status replicas {want:?}");
     println!(
         "volumes Bound (PVCs bound by the PV binder) at the end: {bound_volumes}/{}",
         vs.len()
-    ); sum of status replicas {want:?}");
+    );
     drop(op);
     if violations.is_empty() {
         println!("exactly once: OK");
