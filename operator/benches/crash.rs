@@ -257,7 +257,27 @@ async fn main() {
             + cs.iter()
                 .filter(|c| c.status.as_ref().is_some_and(|s| s.replicas.len() == 2))
                 .count();
-        if placed == objects || Instant::now() > deadline {
+        // ... and materialised, and the ledger caught up (the tenant's usage is the ledger's).
+        let managed =
+            ListParams::default().labels("app.kubernetes.io/managed-by=sovereign-operator");
+        let children = Api::<PersistentVolumeClaim>::namespaced(cluster.client.clone(), &ns)
+            .list(&managed)
+            .await
+            .map_or(0, |l| l.items.len())
+            + Api::<Pod>::namespaced(cluster.client.clone(), &ns)
+                .list(&managed)
+                .await
+                .map_or(0, |l| l.items.len());
+        let usage_cpu = tenants
+            .get(&tenant)
+            .await
+            .ok()
+            .and_then(|t| t.status?.usage?.cpu)
+            .and_then(|q| q.parse().ok()?.to_milli().ok());
+        let want_cpu = 500 * 2 * cs.len() as u64;
+        if (placed == objects && children == 2 * objects && usage_cpu == Some(want_cpu))
+            || Instant::now() > deadline
+        {
             break (vs, cs);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -360,7 +380,6 @@ async fn main() {
         }
     }
     // The ledger: the operator's usage for the tenant equals the sum of the status replicas.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let usage = tenants
         .get(&tenant)
         .await

@@ -162,6 +162,10 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
         Observed {
             bmc: bmc.as_ref(),
             os: os.as_ref(),
+            allocated: ctx
+                .ledger
+                .server_used(&name)
+                .map(|r| (!r.is_zero()).then(|| r.to_set())),
         },
         Timestamp::now(),
         &ctx.policy,
@@ -176,9 +180,7 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
         tracing::info!(server = %name, node = %node, taint = ?decision.taint, "node taint updated");
     }
     if let Some(why) = decision.write {
-        let mut status = decision.status;
-        // Allocations are the placement ledger's to write.
-        status.allocated = None;
+        let status = decision.status;
         patch_status::<Server, _>(&ctx, "Server", &name, &status).await?;
         ctx.metrics.write("Server", why);
         guard.result("written");
@@ -206,9 +208,7 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         .map(AsRef::as_ref)
         .collect();
     let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
-    let mut status = decided.status.clone();
-    // Allocations are the placement ledger's to write.
-    status.allocated = None;
+    let status = decided.status.clone();
     write_rollup::<Rack, _>(
         &ctx,
         &mut guard,

@@ -314,6 +314,16 @@ impl Ledger {
         }
     }
 
+    /// What is allocated on one server (None before the first build or for an unknown server).
+    pub fn server_used(&self, server: &str) -> Option<sovereign_placement::Resources> {
+        let state = self.lock();
+        let placer = state.placer.as_ref()?;
+        placer
+            .inventory()
+            .server_by_name(server)
+            .map(|i| placer.used(i))
+    }
+
     /// Capacity used per tenant, for Tenant status (None before the first build).
     pub fn tenant_used(&self, tenant: &str) -> Option<sovereign_placement::Resources> {
         let state = self.lock();

@@ -43,6 +43,15 @@ fn capacity_of<'a>(servers: impl Iterator<Item = &'a Server>) -> Option<Resource
     (!sum.is_zero()).then(|| sum.to_set())
 }
 
+/// What the ledger allocated on these servers (each server's `status.allocated`).
+fn allocated_of<'a>(servers: impl Iterator<Item = &'a Server>) -> Option<ResourceSet> {
+    let sum = servers
+        .filter_map(|s| s.status.as_ref()?.allocated.as_ref())
+        .filter_map(|a| Resources::from_set(a).ok())
+        .fold(Resources::ZERO, |acc, r| acc.plus(&r));
+    (!sum.is_zero()).then(|| sum.to_set())
+}
+
 fn power_and_inlet(servers: &[&Server]) -> (Option<u32>, Option<f64>) {
     let mut watts: Option<u32> = None;
     let mut inlet: Option<f64> = None;
@@ -167,7 +176,7 @@ pub fn rack(
         power_watts,
         inlet_celsius,
         capacity: capacity_of(servers.iter().copied()),
-        allocated: stored.allocated.clone(),
+        allocated: allocated_of(servers.iter().copied()),
         conditions: Vec::new(),
     };
     let ready = servers.iter().filter(|s| is_schedulable(s)).count();
@@ -179,7 +188,10 @@ pub fn rack(
         Some("first status")
     } else if !transitions.is_empty() {
         Some("condition changed")
-    } else if status.servers != stored.servers || status.capacity != stored.capacity {
+    } else if status.servers != stored.servers
+        || status.capacity != stored.capacity
+        || status.allocated != stored.allocated
+    {
         Some("servers changed")
     } else if moved_u32(stored.power_watts, status.power_watts, policy) {
         Some("power moved")
@@ -209,7 +221,7 @@ pub fn site(site: &Site, racks: &[&Rack], servers: &[&Server], now: &Time) -> Ro
         servers: u32::try_from(servers.len()).unwrap_or(u32::MAX),
         ready_servers: u32::try_from(ready).unwrap_or(u32::MAX),
         capacity: capacity_of(servers.iter().copied()),
-        allocated: stored.allocated.clone(),
+        allocated: allocated_of(servers.iter().copied()),
         conditions: Vec::new(),
     };
     let rack_condition = |type_: &str, status: ConditionStatus| -> Vec<String> {
@@ -292,6 +304,7 @@ pub fn site(site: &Site, racks: &[&Rack], servers: &[&Server], now: &Time) -> Ro
         || status.servers != stored.servers
         || status.ready_servers != stored.ready_servers
         || status.capacity != stored.capacity
+        || status.allocated != stored.allocated
     {
         Some("inventory changed")
     } else {

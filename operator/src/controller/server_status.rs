@@ -72,10 +72,13 @@ impl StatusPolicy {
 
 /// The newest samples held for a server: from its BMC (by server name) and its node agent (by
 /// node name).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Observed<'a> {
     pub bmc: Option<&'a Sample>,
     pub os: Option<&'a Sample>,
+    /// What the placement ledger holds on this server (None before the ledger is built:
+    /// the stored value is kept).
+    pub allocated: Option<Option<ResourceSet>>,
 }
 
 /// The taint a server's Node should carry (None: no Sovereign taint).
@@ -515,7 +518,10 @@ fn worth_writing(
             i
         })
     };
-    if inventory(old) != inventory(new) || old.drives != new.drives || old.capacity != new.capacity
+    if inventory(old) != inventory(new)
+        || old.drives != new.drives
+        || old.capacity != new.capacity
+        || old.allocated != new.allocated
     {
         return Some("inventory changed");
     }
@@ -588,6 +594,9 @@ pub fn decide(
         apply_os(&mut status, o, sample);
     }
     status.capacity = capacity(server, &status);
+    if let Some(allocated) = observed.allocated {
+        status.allocated = allocated;
+    }
     let window = policy.stale_window(server);
     let desired = decide_conditions(
         server,

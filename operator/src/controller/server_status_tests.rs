@@ -66,6 +66,7 @@ fn settled(sample: &Sample) -> ServerStatus {
         Observed {
             bmc: Some(sample),
             os: None,
+            allocated: None,
         },
         now(sample.observed_at_unix_ms),
         &policy(),
@@ -115,6 +116,7 @@ fn intrusion_makes_the_server_insecure_unschedulable_and_evicts() {
         Observed {
             bmc: Some(&bmc(T0 + 15_000, 500.0, 24.0, "HardwareIntrusion")),
             os: None,
+            allocated: None,
         },
         now(T0 + 15_000),
         &policy(),
@@ -142,6 +144,7 @@ fn small_power_and_temperature_moves_are_not_written() {
             Observed {
                 bmc: Some(&bmc(T0 + 15_000, watts, inlet, "Normal")),
                 os: None,
+                allocated: None,
             },
             now(T0 + 15_000),
             &policy(),
@@ -192,6 +195,7 @@ fn unchanged_readings_are_written_on_the_heartbeat_only() {
             Observed {
                 bmc: Some(&bmc(T0 + ms, 500.0, 24.0, "Normal")),
                 os: None,
+                allocated: None,
             },
             now(T0 + ms),
             &policy(),
@@ -219,6 +223,7 @@ fn a_failing_bmc_is_unreachable_with_its_class_and_keeps_its_last_readings() {
         Observed {
             bmc: Some(&failure),
             os: None,
+            allocated: None,
         },
         now(T0 + 15_000),
         &policy(),
@@ -252,6 +257,7 @@ fn an_older_sample_never_steps_the_status_back() {
         Observed {
             bmc: Some(&bmc(T0 - 1_000, 500.0, 24.0, "Normal")),
             os: None,
+            allocated: None,
         },
         now(T0 + 1_000),
         &policy(),
@@ -269,4 +275,36 @@ fn no_telemetry_at_all_is_unschedulable_with_a_reason() {
         ConditionStatus::Unknown
     );
     assert_eq!(d.write, Some("first status"));
+}
+
+#[test]
+fn a_new_allocation_is_written_and_an_unknown_one_keeps_the_stored_value() {
+    let stored = settled(&bmc(T0, 500.0, 24.0, "Normal"));
+    let alloc = ResourceSet {
+        cpu: Some(Quantity::new("8")),
+        ..ResourceSet::default()
+    };
+    let d = decide(
+        &server(Some(stored.clone())),
+        Observed {
+            allocated: Some(Some(alloc.clone())),
+            ..Observed::default()
+        },
+        now(T0 + 1_000),
+        &policy(),
+    );
+    assert_eq!(d.write, Some("inventory changed"));
+    assert_eq!(d.status.allocated, Some(alloc));
+    let mut with = stored;
+    with.allocated = d.status.allocated.clone();
+    let kept = decide(
+        &server(Some(with)),
+        Observed::default(),
+        now(T0 + 2_000),
+        &policy(),
+    );
+    assert_eq!(
+        kept.write, None,
+        "no ledger yet: the stored allocation stands"
+    );
 }
