@@ -394,11 +394,12 @@ async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
         taint,
         ("ChassisIntrusion".to_owned(), "NoExecute".to_owned())
     );
-    let s0 = api.get(&servers[0]).await.unwrap();
-    assert_eq!(
-        condition(&s0, "Secure").unwrap().status,
-        sovereign_crds::ConditionStatus::False
-    );
+    // The taint goes on first (eviction is the urgent part), the status right after.
+    let s0 = wait_for(Duration::from_secs(5), "Secure=False in status", || async {
+        let s = api.get(&servers[0]).await.ok()?;
+        (condition(&s, "Secure")?.status == sovereign_crds::ConditionStatus::False).then_some(s)
+    })
+    .await;
     assert_eq!(
         condition(&s0, "Schedulable").unwrap().reason,
         "ChassisIntrusion"

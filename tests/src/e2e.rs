@@ -166,6 +166,26 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
         }
+        // The API server enforces a new policy a moment after it is created: wait until a
+        // dry-run StorageVolume in a namespace of no tenant is refused.
+        let probe: Value = json!({
+            "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {"size": "1Gi", "tier": "ssd"},
+        });
+        let api = self.api_for(&probe).await;
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let probe: DynamicObject =
+            serde_json::from_value(probe).unwrap_or_else(|e| panic!("probe: {e}"));
+        wait_for(
+            Duration::from_secs(30),
+            "the admission policies to be enforced",
+            || async { api.create(&dry, &probe).await.is_err().then_some(()) },
+        )
+        .await;
     }
 
     /// A client that acts as `user` (and `groups`) through impersonation, so RBAC is checked
