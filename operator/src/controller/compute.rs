@@ -109,19 +109,17 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
             };
         if placed || !transitions.is_empty() {
             let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            if let Err(e) = write_status(
+            // The placement is written before anything exists. A failed write keeps the books as
+            // they are: the write may have landed (a lost answer) and the next reconcile either
+            // sees it or places afresh (placing releases the old decision first). Giving the
+            // capacity back here would free it twice if the write had landed.
+            write_status(
                 ctx,
                 c,
                 &value,
                 c.resource_version().as_deref().filter(|_| placed),
             )
-            .await
-            {
-                if placed {
-                    ctx.ledger.release(&Workload::Instance(c).consumer());
-                }
-                return Err(e);
-            }
+            .await?;
             super::hardware::publish(ctx, &c.object_ref(&()), &transitions).await;
         }
         return Ok(if placed {
@@ -166,10 +164,8 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
                 c.metadata.generation,
             );
             let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            if let Err(e) = write_status(ctx, c, &value, c.resource_version().as_deref()).await {
-                ctx.ledger.forget(&Workload::Instance(c).consumer());
-                return Err(e);
-            }
+            // As for placements: a failed write keeps the books (the next pass moves again).
+            write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
             announce_move(ctx, c, &p, &from, &reason).await;
             return Ok(Action::await_change());
         }

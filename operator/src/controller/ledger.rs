@@ -297,14 +297,6 @@ impl Ledger {
         Ok(moved)
     }
 
-    /// Drops what the ledger believes about a workload and rebuilds from the cluster on next
-    /// use (a decision whose status write was refused).
-    pub fn forget(&self, consumer: &str) {
-        let mut state = self.lock();
-        state.pending.remove(consumer);
-        state.placer = None;
-    }
-
     /// Gives a workload's capacity back (deleted, or its status write was refused).
     pub fn release(&self, consumer: &str) {
         let mut state = self.lock();

@@ -113,21 +113,17 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
             };
         if placed || !transitions.is_empty() {
             let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            // The placement is written before anything exists; if the object moved on, the
-            // books give the capacity back and the next reconcile decides again.
-            if let Err(e) = write_status(
+            // The placement is written before anything exists. A failed write keeps the books as
+            // they are: the write may have landed (a lost answer) and the next reconcile either
+            // sees it or places afresh (placing releases the old decision first). Giving the
+            // capacity back here would free it twice if the write had landed.
+            write_status(
                 ctx,
                 v,
                 &value,
                 v.resource_version().as_deref().filter(|_| placed),
             )
-            .await
-            {
-                if placed {
-                    ctx.ledger.release(&Workload::Volume(v).consumer());
-                }
-                return Err(e);
-            }
+            .await?;
             super::hardware::publish(ctx, &v.object_ref(&()), &transitions).await;
         }
         return Ok(if placed {
@@ -168,10 +164,8 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
                 v.metadata.generation,
             );
             let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            if let Err(e) = write_status(ctx, v, &value, v.resource_version().as_deref()).await {
-                ctx.ledger.forget(&Workload::Volume(v).consumer());
-                return Err(e);
-            }
+            // As for placements: a failed write keeps the books (the next pass moves again).
+            write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
             announce_move(ctx, v, &p, &from, &reason).await;
             return Ok(Action::await_change());
         }
