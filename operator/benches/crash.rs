@@ -17,13 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use sovereign_crds::{ComputeInstance, Phase, StorageVolume, Tenant};
-use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
+use sovereign_crds::{ComputeInstance, Phase, Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_tests::e2e::{ChildGuard, FakeNode, cluster};
+use sovereign_tests::e2e::{ChildGuard, FakeNode, bmc_sample, cluster, spawn_operator};
 
 const NS: &str = "sovereign-system";
 
@@ -36,56 +35,14 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn sample(server: &str) -> Sample {
-    Sample {
-        server: server.to_owned(),
-        source: Source::Redfish as i32,
-        observed_at_unix_ms: k8s_openapi::jiff::Timestamp::now().as_millisecond(),
-        body: Some(Body::Bmc(BmcSummary {
-            health: proto::Health::Ok as i32,
-            power_state: "On".into(),
-            consumed_watts: Some(300.0),
-            intrusion: "Normal".into(),
-            logical_processors: 256,
-            memory_bytes: Some(2048 << 30),
-            drive_list: vec![proto::Drive {
-                id: "ssd0".into(),
-                tier: "ssd".into(),
-                capacity_bytes: Some(200_000_000_000_000),
-                health: proto::Health::Ok as i32,
-                encryption_capable: true,
-                ..proto::Drive::default()
-            }],
-            ..BmcSummary::default()
-        })),
-    }
-}
-
 fn operator(kubeconfig: &Path, port: u16, run: u32) -> ChildGuard {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--check-only".into(),
-        "--plaintext-telemetry".into(),
-        format!("--telemetry-addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{}", free()),
-        format!("--admin-addr=127.0.0.1:{}", free()),
-        "--collector=system:serviceaccount:sovereign-system:sovereign-collector".into(),
-    ];
-    ChildGuard::spawn(
+    spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         &format!("crash-operator-{run}"),
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("RUST_LOG", "warn"),
-        ],
+        kubeconfig,
+        port,
+        &[],
+        "warn",
     )
 }
 
@@ -168,7 +125,7 @@ async fn main() {
         tokio::spawn(async move {
             loop {
                 for n in &names {
-                    publisher.offer(sample(n));
+                    publisher.offer(bmc_sample(n, 256, 2048, 200_000_000_000_000, false));
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
@@ -436,6 +393,8 @@ async fn main() {
         "volumes Bound (PVCs bound by the PV binder) at the end: {bound_volumes}/{}",
         vs.len()
     );
+    // With the operator still running, so its finalizers let the workloads go.
+    cleanup(&cluster, &p, &tenant, &ns, &site, &names).await;
     drop(op);
     if violations.is_empty() {
         println!("exactly once: OK");
@@ -444,5 +403,77 @@ async fn main() {
             println!("VIOLATION {v}");
         }
         std::process::exit(1);
+    }
+}
+
+/// Leaves the cluster as it found it: a shared control plane with 1,000 leftover objects slows
+/// every operator started on it afterwards.
+async fn cleanup(
+    cluster: &sovereign_tests::e2e::Cluster,
+    p: &str,
+    tenant: &str,
+    ns: &str,
+    site: &str,
+    servers: &[String],
+) {
+    let c = cluster.client.clone();
+    let dp = DeleteParams::default();
+    let all = ListParams::default();
+    let volumes = Api::<StorageVolume>::namespaced(c.clone(), ns);
+    let instances = Api::<ComputeInstance>::namespaced(c.clone(), ns);
+    let _ = volumes.delete_collection(&dp, &all).await;
+    let _ = instances.delete_collection(&dp, &all).await;
+    for _ in 0..120 {
+        let left = volumes.list(&all).await.map_or(0, |l| l.items.len())
+            + instances.list(&all).await.map_or(0, |l| l.items.len());
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // No kubelet confirms a Pod's end: delete them at once so the namespace can go.
+    let _ = Api::<Pod>::namespaced(c.clone(), ns)
+        .delete_collection(&DeleteParams::default().grace_period(0), &all)
+        .await;
+    let _ = Api::<Namespace>::all(c.clone()).delete(ns, &dp).await;
+    let _ = Api::<Tenant>::all(c.clone()).delete(tenant, &dp).await;
+    let _ = Api::<Server>::all(c.clone())
+        .delete_collection(
+            &dp,
+            &ListParams::default().labels(&format!("sovereign.io/crash={p}")),
+        )
+        .await;
+    let racks: BTreeSet<String> = servers
+        .iter()
+        .filter_map(|s| s.rsplit_once('-').map(|(r, _)| r.to_string()))
+        .collect();
+    for rack in racks {
+        let _ = Api::<Rack>::all(c.clone()).delete(&rack, &dp).await;
+    }
+    let _ = Api::<Site>::all(c.clone()).delete(site, &dp).await;
+    for i in 0..servers.len() {
+        let _ = Api::<Node>::all(c.clone())
+            .delete(&format!("{p}-node-{i}"), &dp)
+            .await;
+    }
+    // PVs are cluster-scoped and Retain: the operator's finalizers release them with the
+    // workloads; whatever is left after the namespace goes is removed here.
+    if let Ok(list) = Api::<PersistentVolume>::all(c.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sovereign-operator"))
+        .await
+    {
+        for pv in list.items.into_iter().filter(|pv| {
+            pv.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("sovereign.io/volume"))
+                .is_some_and(|v| v.starts_with(&format!("{ns}/")))
+        }) {
+            if let Some(name) = pv.metadata.name {
+                let _ = Api::<PersistentVolume>::all(c.clone())
+                    .delete(&name, &dp)
+                    .await;
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ use serde_json::json;
 use sovereign_crds::Server;
 use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_tests::e2e::{ChildGuard, audit_mark, audit_writes, cluster};
+use sovereign_tests::e2e::{ChildGuard, audit_mark, audit_writes, cluster, free_port};
 
 const NS: &str = "sovereign-system";
 
@@ -152,21 +152,9 @@ async fn main() {
     let token = cluster
         .service_account_token(NS, "sovereign-collector", &["sovereign-telemetry"])
         .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let admin = free_port();
+    let metrics = free_port();
     let args: Vec<String> = vec![
         "run".into(),
         "--check-only".into(),

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use sovereign_agent::mockbmc::{self, MockBmc};
 use sovereign_crds::{Rack, Server, Site};
 use sovereign_tests::e2e::{
-    ChildGuard, Cluster, FakeNode, audit_mark, audit_writes, cluster, has_condition, wait_for,
+    ChildGuard, Cluster, FakeNode, audit_mark, audit_writes, cluster, free_port, has_condition,
+    spawn_operator, wait_for,
 };
 
 const NS: &str = "sovereign-system";
@@ -54,14 +55,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Operator {
     child: ChildGuard,
     telemetry: u16,
@@ -69,33 +62,22 @@ struct Operator {
 
 fn start_operator(kubeconfig: &Path, identity: &str, lease: &str) -> Operator {
     let telemetry = free_port();
-    let args: Vec<String> = [
-        "run",
-        "--check-only",
-        "--plaintext-telemetry",
-        &format!("--telemetry-addr=127.0.0.1:{telemetry}"),
-        &format!("--metrics-addr=127.0.0.1:{}", free_port()),
-        &format!("--admin-addr=127.0.0.1:{}", free_port()),
-        "--leader-elect",
-        &format!("--lease-namespace={NS}"),
-        &format!("--lease-name={lease}"),
-        &format!("--identity={identity}"),
-        &format!("--lease-duration-seconds={LEASE_SECONDS}"),
-        &format!("--stale-after-seconds={STALE_SECONDS}"),
-        "--collector=system:serviceaccount:sovereign-system:sovereign-collector",
-        "--log-format=json",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let child = ChildGuard::spawn(
+    let extra: Vec<String> = vec![
+        "--leader-elect".into(),
+        format!("--lease-namespace={NS}"),
+        format!("--lease-name={lease}"),
+        format!("--identity={identity}"),
+        format!("--lease-duration-seconds={LEASE_SECONDS}"),
+        format!("--stale-after-seconds={STALE_SECONDS}"),
+        "--log-format=json".into(),
+    ];
+    let child = spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         identity,
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("RUST_LOG", "info,kube_lease_manager=warn"),
-        ],
+        kubeconfig,
+        telemetry,
+        &extra,
+        "info,kube_lease_manager=warn",
     );
     Operator { child, telemetry }
 }

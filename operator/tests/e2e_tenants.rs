@@ -15,18 +15,12 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use sovereign_crds::{Server, StorageVolume, Tenant};
-use sovereign_tests::e2e::{Access, ChildGuard, access, cluster, has_condition, wait_for};
+use sovereign_tests::e2e::{
+    Access, access, cluster, free_port, has_condition, spawn_operator, wait_for,
+};
 use sovereign_tests::samples::valid_objects;
 
 const NS: &str = "sovereign-system";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn volume(name: &str, ns: &str) -> StorageVolume {
     serde_json::from_value(json!({
@@ -61,22 +55,13 @@ async fn tenants_are_onboarded_isolated_and_released_on_a_real_api_server() {
     let kubeconfig = cluster
         .service_account_kubeconfig(NS, "sovereign-operator")
         .await;
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--check-only".into(),
-        "--plaintext-telemetry".into(),
-        format!("--telemetry-addr=127.0.0.1:{}", free_port()),
-        format!("--metrics-addr=127.0.0.1:{}", free_port()),
-        format!("--admin-addr=127.0.0.1:{}", free_port()),
-    ];
-    let _operator = ChildGuard::spawn(
+    let _operator = spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         "tenants-operator",
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("RUST_LOG", "info"),
-        ],
+        &kubeconfig,
+        free_port(),
+        &[],
+        "info",
     );
 
     // The sample namespaces (labelled by the cluster admin) and tenants.

@@ -14,51 +14,12 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use sovereign_crds::{ComputeInstance, Server, StorageVolume};
-use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_tests::e2e::{ChildGuard, Cluster, FakeNode, cluster, has_condition, wait_for};
+use sovereign_tests::e2e::{
+    Cluster, FakeNode, bmc_sample, cluster, free_port, has_condition, spawn_operator, wait_for,
+};
 
 const NS: &str = "sovereign-system";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sample(server: &str, intrusion: bool) -> Sample {
-    let at = k8s_openapi::jiff::Timestamp::now().as_millisecond();
-    Sample {
-        server: server.to_owned(),
-        source: Source::Redfish as i32,
-        observed_at_unix_ms: at,
-        body: Some(Body::Bmc(BmcSummary {
-            health: proto::Health::Ok as i32,
-            power_state: "On".into(),
-            consumed_watts: Some(400.0),
-            inlet_celsius: Some(23.0),
-            intrusion: if intrusion {
-                "HardwareIntrusion"
-            } else {
-                "Normal"
-            }
-            .into(),
-            logical_processors: 32,
-            memory_bytes: Some(256 << 30),
-            drive_list: vec![proto::Drive {
-                id: "ssd0".into(),
-                tier: "ssd".into(),
-                capacity_bytes: Some(4_000_000_000_000),
-                health: proto::Health::Ok as i32,
-                encryption_capable: true,
-                ..proto::Drive::default()
-            }],
-            ..BmcSummary::default()
-        })),
-    }
-}
 
 async fn server(cluster: &Cluster, name: &str, rack: &str, node: &str) {
     cluster.create_node(&FakeNode::new(node)).await;
@@ -125,23 +86,13 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         .service_account_kubeconfig(NS, "sovereign-operator")
         .await;
     let port = free_port();
-    let args: Vec<String> = vec![
-        "run".into(),
-        "--check-only".into(),
-        "--plaintext-telemetry".into(),
-        format!("--telemetry-addr=127.0.0.1:{port}"),
-        format!("--metrics-addr=127.0.0.1:{}", free_port()),
-        format!("--admin-addr=127.0.0.1:{}", free_port()),
-        "--collector=system:serviceaccount:sovereign-system:sovereign-collector".into(),
-    ];
-    let _operator = ChildGuard::spawn(
+    let _operator = spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         "workloads-operator",
-        &args,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("RUST_LOG", "info"),
-        ],
+        &kubeconfig,
+        port,
+        &[],
+        "info",
     );
     let token = cluster
         .service_account_token(NS, "sovereign-collector", &["sovereign-telemetry"])
@@ -166,7 +117,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
             loop {
                 for s in &servers {
                     let open = intruded.lock().unwrap().contains(s);
-                    publisher.offer(sample(s, open));
+                    publisher.offer(bmc_sample(s, 32, 256, 4_000_000_000_000, open));
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -384,10 +335,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         let big_server = big_server.clone();
         tokio::spawn(async move {
             loop {
-                let mut s = sample(&big_server, false);
-                if let Some(Body::Bmc(b)) = &mut s.body {
-                    b.drive_list[0].capacity_bytes = Some(16_000_000_000_000);
-                }
+                let s = bmc_sample(&big_server, 32, 256, 16_000_000_000_000, false);
                 publisher.offer(s);
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -387,6 +387,84 @@ impl Cluster {
     }
 }
 
+/// A free loopback port for a child process to bind.
+pub fn free_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("no free port: {e}"),
+    }
+}
+
+/// `sovereign-operator run` as the chart runs it, on loopback: CRDs only checked (the harness
+/// installs them), plaintext telemetry on `telemetry_port`, free metrics and admin ports, the
+/// chart's collector identity, then `extra`; authenticated by `kubeconfig`.
+pub fn spawn_operator(
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    telemetry_port: u16,
+    extra: &[String],
+    rust_log: &str,
+) -> ChildGuard {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--check-only".into(),
+        "--plaintext-telemetry".into(),
+        format!("--telemetry-addr=127.0.0.1:{telemetry_port}"),
+        format!("--metrics-addr=127.0.0.1:{}", free_port()),
+        format!("--admin-addr=127.0.0.1:{}", free_port()),
+        "--collector=system:serviceaccount:sovereign-system:sovereign-collector".into(),
+    ];
+    args.extend_from_slice(extra);
+    let kubeconfig = kubeconfig.to_string_lossy();
+    ChildGuard::spawn(
+        binary,
+        name,
+        &args,
+        &[("KUBECONFIG", kubeconfig.as_ref()), ("RUST_LOG", rust_log)],
+    )
+}
+
+/// A healthy BMC reading as the collector sends it: `cpus` threads, `memory_gib` of memory,
+/// one self-encrypting SSD of `ssd_bytes`, and the chassis intrusion sensor as given.
+pub fn bmc_sample(
+    server: &str,
+    cpus: u32,
+    memory_gib: u64,
+    ssd_bytes: u64,
+    intrusion: bool,
+) -> sovereign_telemetry::proto::Sample {
+    use sovereign_telemetry::proto::{self, BmcSummary, Source, sample::Body};
+    proto::Sample {
+        server: server.to_owned(),
+        source: Source::Redfish as i32,
+        observed_at_unix_ms: k8s_openapi::jiff::Timestamp::now().as_millisecond(),
+        body: Some(Body::Bmc(BmcSummary {
+            health: proto::Health::Ok as i32,
+            power_state: "On".into(),
+            consumed_watts: Some(400.0),
+            inlet_celsius: Some(23.0),
+            intrusion: if intrusion {
+                "HardwareIntrusion"
+            } else {
+                "Normal"
+            }
+            .into(),
+            logical_processors: cpus,
+            memory_bytes: Some(memory_gib << 30),
+            drive_list: vec![proto::Drive {
+                id: "ssd0".into(),
+                tier: "ssd".into(),
+                capacity_bytes: Some(ssd_bytes),
+                health: proto::Health::Ok as i32,
+                encryption_capable: true,
+                ..proto::Drive::default()
+            }],
+            ..BmcSummary::default()
+        })),
+    }
+}
+
 /// A fake Node's shape.
 #[derive(Clone, Debug)]
 pub struct FakeNode {
