@@ -1,0 +1,625 @@
+//! BMC role: Redfish telemetry through nv-redfish.
+//!
+//! Why nv-redfish (0.22, pinned): it lets us hand it our own `reqwest` client, so TLS is verified
+//! against the Server's CA bundle (or skipped only when `insecureSkipVerify` is set), has session
+//! and basic auth, timeouts, vendor quirk repairs, typed models for legacy Thermal/Power and the
+//! newer subsystems, and a transport trait (`Bmc`). The `redfish` crate (0.3) has no TLS options.
+//!
+//! One BMC answering badly never fails the collection as a whole: each section that fails is
+//! recorded in [`BmcSample::errors`] with a reason, and the rest is still read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nv_redfish::ServiceRoot;
+use nv_redfish::bmc_http::{BmcCredentials, CacheSettings, HttpBmc};
+use nv_redfish::core::Bmc;
+use nv_redfish::quirks::RulesBmc;
+use nv_redfish::schema::resource::{Health as RfHealth, Status};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::transport::{MAX_BODY_BYTES, RetryHint, Transport};
+
+/// The BMC HTTP client used in production: nv-redfish's HTTP transport under our repairs.
+pub type HttpRedfish = RulesBmc<HttpBmc<Transport>>;
+
+mod chassis;
+mod logs;
+mod repairs;
+mod systems;
+
+pub use repairs::{DocumentKind, REPAIRS, Repair, parse_document, repairs};
+
+/// How to reach one BMC. The password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    /// PEM CA bundle the BMC certificate must chain to.
+    pub ca_bundle_pem: Option<String>,
+    /// Skip TLS verification (explicit opt-out only).
+    pub insecure_skip_verify: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field(
+                "ca_bundle_pem",
+                &self.ca_bundle_pem.as_ref().map(|_| "<pem>"),
+            )
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Why a BMC could not be read at all.
+#[derive(Debug, Error)]
+pub enum RedfishError {
+    #[error("invalid BMC address {0:?}: {1}")]
+    Address(String, String),
+    #[error("CA bundle is not a valid PEM certificate bundle: {0}")]
+    CaBundle(String),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+    /// The BMC's configuration is unusable (bad address or CA, missing credentials Secret).
+    #[error("{0}")]
+    Unconfigured(String),
+    #[error("reading the Redfish service root ({class}): {message}")]
+    ServiceRoot {
+        class: FailureClass,
+        message: String,
+    },
+    #[error("nothing readable below the service root ({class}): {message}")]
+    Tree {
+        class: FailureClass,
+        message: String,
+    },
+}
+
+impl RedfishError {
+    /// What kind of failure this is, for backoff and for the Server's condition reason.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            RedfishError::Address(..)
+            | RedfishError::CaBundle(_)
+            | RedfishError::Client(_)
+            | RedfishError::Unconfigured(_) => FailureClass::Config,
+            RedfishError::ServiceRoot { class, .. } | RedfishError::Tree { class, .. } => *class,
+        }
+    }
+}
+
+/// Kinds of BMC failure; each maps to a condition reason (`BmcUnauthorized`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum FailureClass {
+    /// 401: wrong credentials. Never retried quickly (BMCs lock accounts out).
+    Unauthorized,
+    /// 403: the account lacks the privilege.
+    Forbidden,
+    /// 404 on the service root: not a Redfish service.
+    NotFound,
+    /// 503 or 429: overloaded, come back later.
+    Unavailable,
+    /// Other 5xx.
+    ServerError,
+    /// Answered, but not with a Redfish document we can read (HTML, malformed JSON, wrong types).
+    Protocol,
+    /// No usable answer: refused, reset, TLS failure, timeout.
+    Transport,
+    /// The poll took longer than its deadline.
+    Timeout,
+    /// Our side: bad address, bad CA bundle.
+    Config,
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::Unauthorized => "BmcUnauthorized",
+            FailureClass::Forbidden => "BmcForbidden",
+            FailureClass::NotFound => "BmcNotRedfish",
+            FailureClass::Unavailable => "BmcUnavailable",
+            FailureClass::ServerError => "BmcServerError",
+            FailureClass::Protocol => "BmcProtocolError",
+            FailureClass::Transport => "BmcUnreachable",
+            FailureClass::Timeout => "BmcTimeout",
+            FailureClass::Config => "BmcConfigInvalid",
+        })
+    }
+}
+
+fn classify<B: Bmc>(e: &nv_redfish::Error<B>) -> FailureClass {
+    match e {
+        nv_redfish::Error::Bmc(b) => classify_bmc(b),
+        _ => FailureClass::Protocol,
+    }
+}
+
+fn classify_bmc<E: nv_redfish::core::BmcError>(b: &E) -> FailureClass {
+    use nv_redfish::core::BmcErrorClass;
+    match b.error_class() {
+        BmcErrorClass::HttpResponse { status: 401 } => FailureClass::Unauthorized,
+        BmcErrorClass::HttpResponse { status: 403 } => FailureClass::Forbidden,
+        BmcErrorClass::HttpResponse { status: 404 } => FailureClass::NotFound,
+        BmcErrorClass::HttpResponse { status: 429 | 503 } => FailureClass::Unavailable,
+        BmcErrorClass::HttpResponse { status } if status >= 500 => FailureClass::ServerError,
+        BmcErrorClass::HttpResponse { .. } | BmcErrorClass::ResponseParse => FailureClass::Protocol,
+        BmcErrorClass::Transport => FailureClass::Transport,
+        // Other, and classes added by future nv-redfish releases.
+        _ => {
+            if b.to_string().contains("Decode") {
+                FailureClass::Protocol
+            } else {
+                FailureClass::Transport
+            }
+        }
+    }
+}
+
+/// Errors a section can fail with: nv-redfish's, or the transport's from a navigation read.
+trait Classified: fmt::Display {
+    fn class(&self) -> FailureClass;
+}
+
+impl<B: Bmc> Classified for nv_redfish::Error<B> {
+    fn class(&self) -> FailureClass {
+        classify(self)
+    }
+}
+
+/// A transport error read through a navigation property.
+struct Nav<'a, E>(&'a E);
+
+impl<E: fmt::Display> fmt::Display for Nav<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: nv_redfish::core::BmcError> Classified for Nav<'_, E> {
+    fn class(&self) -> FailureClass {
+        classify_bmc(self.0)
+    }
+}
+
+/// Redfish health, Unknown when absent or null (never assumed OK).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Health {
+    #[serde(rename = "OK")]
+    Ok,
+    Warning,
+    Critical,
+    #[default]
+    Unknown,
+}
+
+impl Health {
+    fn from_rf(h: Option<&RfHealth>) -> Self {
+        match h {
+            Some(RfHealth::Ok) => Health::Ok,
+            Some(RfHealth::Warning) => Health::Warning,
+            Some(RfHealth::Critical) => Health::Critical,
+            _ => Health::Unknown,
+        }
+    }
+
+    fn of(status: Option<&Status>) -> (Self, Self) {
+        (
+            Self::from_rf(
+                status
+                    .and_then(|s| s.health.as_ref())
+                    .and_then(Option::as_ref),
+            ),
+            Self::from_rf(
+                status
+                    .and_then(|s| s.health_rollup.as_ref())
+                    .and_then(Option::as_ref),
+            ),
+        )
+    }
+
+    /// The worse of two.
+    #[must_use]
+    pub fn worst(self, other: Health) -> Health {
+        let rank = |h: Health| match h {
+            Health::Ok => 0,
+            Health::Unknown => 1,
+            Health::Warning => 2,
+            Health::Critical => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A named reading.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reading {
+    pub name: String,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub context: Option<String>,
+    pub health: Health,
+}
+
+/// A component with a health (PSU, fan).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    pub name: String,
+    pub health: Health,
+}
+
+/// One chassis.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChassisSample {
+    pub id: String,
+    pub health: Health,
+    pub health_rollup: Health,
+    /// `PhysicalSecurity.IntrusionSensor` when the chassis reports it.
+    pub intrusion: Option<String>,
+    pub inlet_celsius: Option<f64>,
+    pub cpu_max_celsius: Option<f64>,
+    pub consumed_watts: Option<f64>,
+    pub temperatures: Vec<Reading>,
+    pub fans: Vec<Reading>,
+    pub power_supplies: Vec<Component>,
+}
+
+/// One drive.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriveSample {
+    pub id: String,
+    pub model: Option<String>,
+    pub media_type: Option<String>,
+    pub protocol: Option<String>,
+    pub capacity_bytes: Option<u64>,
+    pub health: Health,
+    pub failure_predicted: bool,
+    pub life_left_percent: Option<f64>,
+    pub encryption_capable: bool,
+}
+
+/// System inventory.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemSample {
+    pub id: String,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub bios_version: Option<String>,
+    pub power_state: Option<String>,
+    pub processor_model: Option<String>,
+    pub processor_count: Option<i64>,
+    pub logical_processors: Option<i64>,
+    pub memory_gib: Option<f64>,
+    pub health: Health,
+    pub health_rollup: Health,
+}
+
+/// One system event log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvent {
+    /// The log it came from, e.g. `Managers/iDRAC.Embedded.1/Sel`.
+    pub log: String,
+    pub id: String,
+    pub created: Option<String>,
+    pub severity: Option<String>,
+    pub message: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// Entries kept per log per poll: the newest; older ones were reported by earlier polls.
+const MAX_EVENTS_PER_LOG: usize = 200;
+
+/// A section of the tree that could not be read, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SectionError {
+    pub section: String,
+    pub class: FailureClass,
+    pub reason: String,
+}
+
+/// Everything read from one BMC in one poll.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BmcSample {
+    pub observed_at_unix_ms: u64,
+    pub vendor: Option<String>,
+    pub systems: Vec<SystemSample>,
+    pub chassis: Vec<ChassisSample>,
+    pub drives: Vec<DriveSample>,
+    pub errors: Vec<SectionError>,
+    /// The BMC advertises `$expand` but refused it; poll it without.
+    pub expand_refused: bool,
+    /// System event log entries (all this poll read; the poller keeps only new ones).
+    pub events: Vec<LogEvent>,
+}
+
+impl BmcSample {
+    /// Worst health over systems, chassis and drives, plus intrusion (Critical).
+    pub fn overall_health(&self) -> Health {
+        let mut h = Health::Ok;
+        let mut seen = false;
+        for s in &self.systems {
+            h = h.worst(s.health.worst(s.health_rollup));
+            seen = true;
+        }
+        for c in &self.chassis {
+            h = h.worst(c.health);
+            if c.intrusion.as_deref().is_some_and(|i| i != "Normal") {
+                h = Health::Critical;
+            }
+            seen = true;
+        }
+        for d in &self.drives {
+            if d.health != Health::Unknown {
+                h = h.worst(d.health);
+            }
+        }
+        if seen { h } else { Health::Unknown }
+    }
+}
+
+fn opt<T: Clone>(v: Option<&Option<T>>) -> Option<T> {
+    v.and_then(Option::as_ref).cloned()
+}
+
+fn name_of<T: fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+/// Builds the HTTP client for one endpoint with basic authentication.
+pub fn connect(ep: &Endpoint) -> Result<HttpRedfish, RedfishError> {
+    connect_hinted(ep, &RetryHint::default())
+}
+
+/// As [`connect`], recording the BMC's `Retry-After` answers in `hint`.
+pub fn connect_hinted(ep: &Endpoint, hint: &RetryHint) -> Result<HttpRedfish, RedfishError> {
+    connect_with(
+        ep,
+        BmcCredentials::new(ep.username.clone(), ep.password.clone()),
+        hint,
+    )
+}
+
+/// A Redfish session: the client that presents its token, and the session to delete on logout.
+pub struct SessionLogin {
+    pub client: Arc<HttpRedfish>,
+    pub session: nv_redfish::session_service::Session<HttpRedfish>,
+}
+
+impl fmt::Debug for SessionLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLogin")
+            .field("location", &self.session.location())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs in through the SessionService (one session per BMC, reused across polls: BMCs have few
+/// session slots and leaked sessions lock them out). Errors tell the caller to fall back to basic
+/// authentication, except `Unauthorized`, which means the credentials are wrong.
+pub async fn login(ep: &Endpoint, hint: &RetryHint) -> Result<SessionLogin, RedfishError> {
+    let basic = Arc::new(connect_hinted(ep, hint)?);
+    let root = ServiceRoot::new(basic)
+        .await
+        .map_err(|e| RedfishError::ServiceRoot {
+            class: classify(&e),
+            message: e.to_string(),
+        })?;
+    let tree = |e: &nv_redfish::Error<HttpRedfish>| RedfishError::Tree {
+        class: classify(e),
+        message: e.to_string(),
+    };
+    let unsupported = || RedfishError::Tree {
+        class: FailureClass::NotFound,
+        message: "no SessionService".into(),
+    };
+    let service = root
+        .session_service()
+        .await
+        .map_err(|e| tree(&e))?
+        .ok_or_else(unsupported)?;
+    let sessions = service
+        .sessions()
+        .await
+        .map_err(|e| tree(&e))?
+        .ok_or_else(unsupported)?;
+    let create = nv_redfish::schema::session::SessionCreate {
+        user_name: ep.username.clone(),
+        password: ep.password.clone(),
+        oem: None,
+        id: None,
+        description: None,
+        name: None,
+        actions: None,
+        session_type: None,
+        oem_session_type: None,
+        client_origin_ip_address: None,
+        created_time: None,
+        context: None,
+        token: None,
+        roles: None,
+        links: None,
+        expiration_time: None,
+    };
+    let session = sessions
+        .create_session(&create)
+        .await
+        .map_err(|e| tree(&e))?;
+    let token = session
+        .auth_token()
+        .ok_or_else(|| RedfishError::Tree {
+            class: FailureClass::Protocol,
+            message: "session without X-Auth-Token".into(),
+        })?
+        .to_owned();
+    let client = Arc::new(connect_with(ep, BmcCredentials::token(token), hint)?);
+    Ok(SessionLogin { client, session })
+}
+
+/// Builds the HTTP client for one endpoint: TLS verified against its CA bundle unless insecure
+/// is explicit, per-request timeout, no redirects (nv-redfish must never follow one to another
+/// origin with our credentials).
+fn connect_with(
+    ep: &Endpoint,
+    credentials: BmcCredentials,
+    hint: &RetryHint,
+) -> Result<HttpRedfish, RedfishError> {
+    let url = url_of(&ep.address)?;
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(ep.timeout)
+        .connect_timeout(ep.timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        // Up to four requests at once per BMC (the sections of a poll read in parallel).
+        .pool_max_idle_per_host(4)
+        .user_agent(concat!("sovereign-agent/", env!("CARGO_PKG_VERSION")));
+    if ep.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    } else if let Some(pem) = &ep.ca_bundle_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| RedfishError::CaBundle(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(RedfishError::CaBundle(
+                "no certificate in the bundle".into(),
+            ));
+        }
+        // Only the BMC CA is trusted for this BMC, not the public web PKI.
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| RedfishError::Client(e.to_string()))?;
+    let http = HttpBmc::new(
+        Transport::new(client, MAX_BODY_BYTES, hint.clone()),
+        url,
+        credentials,
+        CacheSettings::default(),
+    );
+    Ok(RulesBmc::new(http, repairs()))
+}
+
+fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
+    let url = reqwest::Url::parse(address)
+        .map_err(|e| RedfishError::Address(address.to_owned(), e.to_string()))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(RedfishError::Address(
+            address.to_owned(),
+            "scheme must be https".into(),
+        ));
+    }
+    Ok(url)
+}
+
+/// Reads one BMC, using `$expand` when the service root advertises it. Fails only when the
+/// service root cannot be read; everything below degrades section by section.
+pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, RedfishError> {
+    collect_with(bmc, true).await
+}
+
+/// Like [`collect`]; with `use_expand` false `$expand` is never sent. When a BMC advertises
+/// `$expand` but refuses it (iDRAC without a licence, sushy-static), the tree is read again
+/// without it and [`BmcSample::expand_refused`] tells the caller to stop asking.
+pub async fn collect_with<B: Bmc + 'static>(
+    bmc: Arc<B>,
+    use_expand: bool,
+) -> Result<BmcSample, RedfishError> {
+    let mut root = ServiceRoot::new(bmc.clone())
+        .await
+        .map_err(|e| RedfishError::ServiceRoot {
+            class: classify(&e),
+            message: e.to_string(),
+        })?;
+    if !use_expand {
+        root = root.restrict_expand();
+    }
+    let mut sample = read_tree(&root, &*bmc).await;
+    if use_expand && sample.errors.iter().any(|e| e.reason.contains("$expand")) {
+        sample = read_tree(&root.restrict_expand(), &*bmc).await;
+        sample.expand_refused = true;
+    }
+    // The service root answers without credentials; a BMC where nothing below it could be read
+    // (bad credentials, overloaded) has failed, with the class of its first error.
+    if sample.systems.is_empty()
+        && sample.chassis.is_empty()
+        && let Some(first) = sample.errors.first()
+    {
+        return Err(RedfishError::Tree {
+            class: first.class,
+            message: format!("{}: {}", first.section, first.reason),
+        });
+    }
+    Ok(sample)
+}
+
+async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSample {
+    let mut sample = BmcSample {
+        observed_at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        vendor: root.vendor().map(|v| v.to_string()),
+        ..BmcSample::default()
+    };
+    // The sections are independent: read them at once, so a slow BMC (seconds per request)
+    // costs the longest chain of requests, not their sum. At most four requests in flight.
+    let mut parts: [BmcSample; 4] = Default::default();
+    let [sys, chs, slog, mlog] = &mut parts;
+    tokio::join!(
+        systems::systems(root, sys),
+        chassis::chassis(root, bmc, chs),
+        logs::system_logs(root, bmc, slog),
+        logs::manager_logs(root, bmc, mlog),
+    );
+    for part in parts {
+        sample.systems.extend(part.systems);
+        sample.chassis.extend(part.chassis);
+        sample.drives.extend(part.drives);
+        sample.errors.extend(part.errors);
+        sample.events.extend(part.events);
+    }
+    sample
+}
+
+/// Longest reason kept: reasons end up in Server conditions and Events.
+const MAX_REASON: usize = 256;
+
+fn fail(sample: &mut BmcSample, section: impl Into<String>, error: &impl Classified) {
+    let class = error.class();
+    let mut reason = error.to_string();
+    if reason.len() > MAX_REASON {
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    sample.errors.push(SectionError {
+        section: section.into(),
+        class,
+        reason,
+    });
+}

@@ -1,0 +1,70 @@
+//! Systems: inventory, drives and GPUs.
+
+use nv_redfish::ServiceRoot;
+use nv_redfish::core::Bmc;
+
+use super::{BmcSample, DriveSample, Health, SystemSample, fail, name_of, opt};
+
+pub(super) async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample) {
+    let members = match root.systems().await {
+        Ok(Some(c)) => match c.members().await {
+            Ok(m) => m,
+            Err(e) => return fail(sample, "Systems", &e),
+        },
+        Ok(None) => return,
+        Err(e) => return fail(sample, "Systems", &e),
+    };
+    for system in members {
+        let raw = system.raw();
+        let (health, health_rollup) = Health::of(raw.status.as_ref());
+        let ps = raw.processor_summary.as_ref();
+        sample.systems.push(SystemSample {
+            id: raw.id.clone(),
+            manufacturer: opt(raw.manufacturer.as_ref()),
+            model: opt(raw.model.as_ref()),
+            serial_number: opt(raw.serial_number.as_ref()),
+            bios_version: opt(raw.bios_version.as_ref()),
+            power_state: system.power_state().map(|p| name_of(&p)),
+            processor_model: ps.and_then(|p| opt(p.model.as_ref())),
+            processor_count: ps.and_then(|p| opt(p.count.as_ref())),
+            logical_processors: ps.and_then(|p| opt(p.logical_processor_count.as_ref())),
+            memory_gib: raw
+                .memory_summary
+                .as_ref()
+                .and_then(|m| opt(m.total_system_memory_gi_b.as_ref())),
+            health,
+            health_rollup,
+        });
+        let section = format!("Systems/{}/Storage", raw.id);
+        let storages = match system.storage_controllers().await {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                fail(sample, section, &e);
+                continue;
+            }
+        };
+        for storage in storages {
+            match storage.drives().await {
+                Ok(drives) => {
+                    for d in drives.unwrap_or_default() {
+                        let r = d.raw();
+                        let encryption = opt(r.encryption_ability.as_ref()).map(|e| name_of(&e));
+                        sample.drives.push(DriveSample {
+                            id: r.id.clone(),
+                            model: opt(r.model.as_ref()),
+                            media_type: opt(r.media_type.as_ref()).map(|m| name_of(&m)),
+                            protocol: opt(r.protocol.as_ref()).map(|p| name_of(&p)),
+                            capacity_bytes: opt(r.capacity_bytes.as_ref())
+                                .and_then(|b| u64::try_from(b).ok()),
+                            health: Health::of(r.status.as_ref()).0,
+                            failure_predicted: opt(r.failure_predicted.as_ref()).unwrap_or(false),
+                            life_left_percent: opt(r.predicted_media_life_left_percent.as_ref()),
+                            encryption_capable: encryption.is_some_and(|e| e != "None"),
+                        });
+                    }
+                }
+                Err(e) => fail(sample, section.clone(), &e),
+            }
+        }
+    }
+}
