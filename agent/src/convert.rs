@@ -4,6 +4,7 @@ use sovereign_telemetry::proto::{self, BmcSummary, Failure, OsSummary, Source, s
 
 use crate::os::OsSample;
 use crate::poller::PollError;
+use crate::readings;
 use crate::redfish::{BmcSample, Health};
 
 fn health(h: Health) -> i32 {
@@ -17,10 +18,6 @@ fn health(h: Health) -> i32 {
 
 fn millis(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-fn max(values: impl Iterator<Item = f64>) -> Option<f64> {
-    values.reduce(f64::max)
 }
 
 /// Media tier as Sovereign schedules it: NVMe flash, other flash, spinning disk.
@@ -93,11 +90,10 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
         power_state: system
             .and_then(|x| x.power_state.clone())
             .unwrap_or_default(),
-        // The enclosure chassis of a server repeats the system chassis' readings: take the
-        // largest, not the sum.
-        consumed_watts: max(s.chassis.iter().filter_map(|c| c.consumed_watts)),
-        inlet_celsius: max(s.chassis.iter().filter_map(|c| c.inlet_celsius)),
-        cpu_max_celsius: max(s.chassis.iter().filter_map(|c| c.cpu_max_celsius)),
+        // By meaning, not position: the rules are in `readings`.
+        consumed_watts: readings::server_power(s).map(|(w, _)| w),
+        inlet_celsius: readings::server_inlet(s),
+        cpu_max_celsius: readings::server_cpu_max(s),
         intrusion,
         drives: count(s.drives.len()),
         drives_failure_predicted: u32::try_from(
@@ -171,6 +167,16 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
             })
             .collect(),
         health_reason: health_reason(s),
+        gpus: readings::gpus(s)
+            .into_iter()
+            .map(|g| proto::Gpu {
+                id: g.id,
+                model: g.model.unwrap_or_default(),
+                health: health(g.health),
+                power_watts: g.power_watts,
+                temperature_celsius: g.temperature_celsius,
+            })
+            .collect(),
         unreadable: s
             .errors
             .iter()
@@ -236,17 +242,21 @@ mod tests {
     #[test]
     fn intrusion_is_never_averaged_away() {
         let s = BmcSample {
+            systems: vec![crate::redfish::SystemSample {
+                chassis: vec!["b".into()],
+                ..crate::redfish::SystemSample::default()
+            }],
             chassis: vec![
                 ChassisSample {
                     id: "a".into(),
                     intrusion: Some("Normal".into()),
-                    consumed_watts: Some(300.0),
+                    power_control_watts: Some(300.0),
                     ..ChassisSample::default()
                 },
                 ChassisSample {
                     id: "b".into(),
                     intrusion: Some("HardwareIntrusion".into()),
-                    consumed_watts: Some(310.0),
+                    power_control_watts: Some(310.0),
                     ..ChassisSample::default()
                 },
             ],

@@ -5,6 +5,7 @@ pub mod discovery;
 pub mod mockbmc;
 pub mod os;
 pub mod poller;
+pub mod readings;
 pub mod redfish;
 pub mod report;
 pub mod roles;

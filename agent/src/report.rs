@@ -107,6 +107,30 @@ pub fn render_table(c: &Collected) -> String {
             ]);
         }
         let _ = writeln!(out, "{t}");
+        // The server as a whole, by the rules in `readings` (which rule gave the power, too).
+        let power = crate::readings::server_power(b);
+        let _ = writeln!(
+            out,
+            "Server: {} W ({}), inlet {} °C, hottest CPU {} °C\n",
+            or_dash(power.map(|(w, _)| (w * 10.0).round() / 10.0)),
+            power.map_or_else(|| "no reading".to_string(), |(_, src)| format!("{src:?}")),
+            or_dash(crate::readings::server_inlet(b)),
+            or_dash(crate::readings::server_cpu_max(b)),
+        );
+        let gpus = crate::readings::gpus(b);
+        if !gpus.is_empty() {
+            let mut t = table(&["GPU", "MODEL", "HEALTH", "WATTS", "TEMP °C"]);
+            for g in gpus {
+                t.add_row(vec![
+                    g.id,
+                    or_dash(g.model.as_deref()),
+                    format!("{:?}", g.health),
+                    or_dash(g.power_watts.map(|w| (w * 10.0).round() / 10.0)),
+                    or_dash(g.temperature_celsius.map(|c| (c * 10.0).round() / 10.0)),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+        }
         if !b.drives.is_empty() {
             let mut t = table(&[
                 "DRIVE",

@@ -1,17 +1,80 @@
-//! Chassis: thermal, power, PSUs, fans and sensors, each chassis as the BMC reports it.
+//! Chassis: thermal, power, PSUs, fans and sensors, each chassis as the BMC reports it. What the
+//! readings mean for the server is decided in [`crate::readings`].
+//!
+//! Two passes with bounded parallelism, so a 40+ chassis GPU server is read in the time of its
+//! longest chain, not the sum: the chassis themselves (legacy `Thermal`/`Power`,
+//! `EnvironmentMetrics`, `PowerSubsystem`), [`CHASSIS_IN_FLIGHT`] at a time; then the
+//! `Sensors` they still need, [`SENSORS_IN_FLIGHT`] requests at a time across all chassis.
 
+use futures::StreamExt;
 use nv_redfish::ServiceRoot;
+use nv_redfish::chassis::Chassis;
 use nv_redfish::core::Bmc;
+use nv_redfish::sensor::SensorLink;
 
 use super::{BmcSample, ChassisSample, Component, Health, Nav, Reading, fail, name_of, opt};
+use crate::readings;
 
-fn is_inlet(name: &str, context: Option<&str>) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(context, Some("Intake")) || n.contains("inlet") || n.contains("intake")
+/// Chassis read at once.
+const CHASSIS_IN_FLIGHT: usize = 4;
+/// Sensor requests in flight at once, over all chassis of one BMC.
+const SENSORS_IN_FLIGHT: usize = 8;
+
+/// What a chassis still needs from its `Sensors` after the legacy and subsystem reads.
+#[derive(Clone, Copy, Default)]
+struct Needs {
+    temperatures: bool,
+    fans: bool,
+    power: bool,
 }
 
-fn is_cpu(name: &str, context: Option<&str>) -> bool {
-    matches!(context, Some("CPU")) || name.to_ascii_lowercase().contains("cpu")
+impl Needs {
+    fn any(self) -> bool {
+        self.temperatures || self.fans || self.power
+    }
+}
+
+/// Words in a sensor Id that say it is none of what we read (energy counters, currents,
+/// voltages, utilisation, states): not fetched, to spare slow BMCs hundreds of requests.
+const NOT_READ: &[&str] = &[
+    "energy",
+    "util",
+    "amp",
+    "amps",
+    "curr",
+    "current",
+    "volt",
+    "voltage",
+    "state",
+    "alert",
+    "pwrgd",
+    "rst",
+    "sel",
+    "redundancy",
+    "fullness",
+    "overt",
+    "freq",
+    "frequency",
+];
+
+/// Whether a sensor (by the last segment of its URI) may hold something `needs` asks for.
+fn worth_fetching(uri: &str, needs: Needs) -> bool {
+    let id = uri.rsplit('/').next().unwrap_or(uri);
+    let w = readings::words(id);
+    let says = |any: &[&str]| w.iter().any(|x| any.contains(&x.as_str()));
+    if says(NOT_READ) {
+        return false;
+    }
+    if says(&["temp", "tmp", "inlet", "ambient", "tlimit"]) {
+        return needs.temperatures;
+    }
+    if says(&["fan", "spd"]) {
+        return needs.fans;
+    }
+    if says(&["pwr", "power", "watts"]) {
+        return needs.power;
+    }
+    needs.any()
 }
 
 pub(super) async fn chassis<B: Bmc + 'static>(
@@ -27,208 +90,332 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         Ok(None) => return,
         Err(e) => return fail(sample, "Chassis", &e),
     };
-    for ch in members {
-        let raw = ch.raw();
-        let id = raw.id.clone();
-        let (health, health_rollup) = Health::of(raw.status.as_ref());
-        let mut cs = ChassisSample {
-            id: id.clone(),
-            health,
-            health_rollup,
-            intrusion: raw
-                .physical_security
-                .as_ref()
-                .and_then(|p| opt(p.intrusion_sensor.as_ref()))
-                .map(|i| name_of(&i)),
-            ..ChassisSample::default()
+    // Futures made first, then streamed: a closure inside the stream would make the poll
+    // task's future not `Send` for every lifetime (rustc's higher-ranked closure limitation).
+    let reads: Vec<_> = members.into_iter().map(|ch| one_chassis(ch, bmc)).collect();
+    let read: Vec<(BmcSample, Vec<SensorLink<B>>, Needs)> = futures::stream::iter(reads)
+        .buffered(CHASSIS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut wanted = Vec::new();
+    for (i, (_, links, needs)) in read.iter().enumerate() {
+        for link in links {
+            if worth_fetching(&link.odata_id().to_string(), *needs) {
+                wanted.push((i, *needs, link));
+            }
+        }
+    }
+    let requests: Vec<_> = wanted
+        .into_iter()
+        .map(|(i, needs, link)| async move { (i, needs, link.fetch().await) })
+        .collect();
+    let fetched: Vec<_> = futures::stream::iter(requests)
+        .buffer_unordered(SENSORS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut parts: Vec<BmcSample> = read.into_iter().map(|(part, _, _)| part).collect();
+    for (i, needs, result) in fetched {
+        let Some(part) = parts.get_mut(i) else {
+            continue;
         };
-        // Thermal, power and environment are independent reads: at once (slow BMCs).
-        let (mut temps, mut temps_errors) = (ChassisSample::default(), BmcSample::default());
-        let (mut power, mut power_errors) = (ChassisSample::default(), BmcSample::default());
-        let (mut watts, mut env_errors) = (None, BmcSample::default());
-        {
-            let thermal = async {
-                let (cs, sample) = (&mut temps, &mut temps_errors);
-                match ch.thermal().await {
-                    Ok(Some(t)) => {
-                        let t = t.raw();
-                        for nav in t.temperatures.iter().flatten() {
-                            match nav.get(bmc).await {
-                                Ok(temp) => {
-                                    let name = opt(temp.name.as_ref())
-                                        .unwrap_or_else(|| temp.member_id.clone());
-                                    let context = temp.physical_context.as_ref().map(name_of);
-                                    cs.temperatures.push(Reading {
-                                        value: opt(temp.reading_celsius.as_ref()),
-                                        health: Health::of(temp.status.as_ref()).0,
-                                        unit: "Cel".into(),
-                                        context,
-                                        name,
-                                    });
-                                }
-                                Err(e) => fail(
-                                    sample,
-                                    format!("Chassis/{id}/Thermal/Temperatures"),
-                                    &Nav(&e),
-                                ),
-                            }
-                        }
-                        for nav in t.fans.iter().flatten() {
-                            match nav.get(bmc).await {
-                                Ok(fan) => cs.fans.push(Reading {
-                                    name: opt(fan.name.as_ref())
-                                        .unwrap_or_else(|| fan.member_id.clone()),
-                                    // Fan readings are RPM or percent: far below 2^52, exact in f64.
-                                    #[allow(clippy::cast_precision_loss)]
-                                    value: opt(fan.reading.as_ref()).map(|v| v as f64),
-                                    unit: fan
-                                        .reading_units
-                                        .as_ref()
-                                        .and_then(Option::as_ref)
-                                        .map_or_else(String::new, name_of),
-                                    context: fan.physical_context.as_ref().map(name_of),
-                                    health: Health::of(fan.status.as_ref()).0,
-                                }),
-                                Err(e) => {
-                                    fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e));
-                                }
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), &e),
+        let id = part
+            .chassis
+            .first()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        match result {
+            Ok(sensor) => {
+                if let Some(cs) = part.chassis.first_mut() {
+                    add_sensor(cs, &sensor, needs);
                 }
-                // Subsystem-only platforms (no legacy Thermal/Power): temperatures from Sensors, PSUs
-                // from PowerSubsystem. Only then: reading sensors one by one is expensive on slow BMCs.
-                if cs.temperatures.is_empty() && raw.thermal.is_none() {
-                    match ch.sensor_links().await {
-                        Ok(Some(links)) => {
-                            for link in links {
-                                match link.fetch().await {
-                                    Ok(sensor) => {
-                                        let kind = sensor
-                                            .reading_type
-                                            .as_ref()
-                                            .and_then(Option::as_ref)
-                                            .map(name_of);
-                                        let unit = opt(sensor.reading_units.as_ref());
-                                        // ReadingType is optional; the UCUM unit is what BMCs fill in.
-                                        if kind.as_deref() == Some("Temperature")
-                                            || unit.as_deref() == Some("Cel")
-                                        {
-                                            cs.temperatures.push(Reading {
-                                                name: sensor.name.clone(),
-                                                value: opt(sensor.reading.as_ref()),
-                                                unit: "Cel".into(),
-                                                context: sensor
-                                                    .physical_context
-                                                    .as_ref()
-                                                    .and_then(Option::as_ref)
-                                                    .map(name_of),
-                                                health: Health::of(sensor.status.as_ref()).0,
-                                            });
-                                        }
-                                    }
-                                    Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
-                                }
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => fail(sample, format!("Chassis/{id}/Sensors"), &e),
-                    }
-                }
-            };
-            let power = async {
-                let (cs, sample) = (&mut power, &mut power_errors);
-                match ch.power().await {
-                    Ok(Some(p)) => {
-                        let p = p.raw();
-                        for nav in p.power_control.iter().flatten() {
-                            match nav.get(bmc).await {
-                                Ok(pc) => {
-                                    if let Some(w) = opt(pc.power_consumed_watts.as_ref()) {
-                                        cs.consumed_watts =
-                                            Some(cs.consumed_watts.unwrap_or(0.0) + w);
-                                    }
-                                }
-                                Err(e) => {
-                                    fail(
-                                        sample,
-                                        format!("Chassis/{id}/Power/PowerControl"),
-                                        &Nav(&e),
-                                    );
-                                }
-                            }
-                        }
-                        for nav in p.power_supplies.iter().flatten() {
-                            match nav.get(bmc).await {
-                                Ok(psu) => cs.power_supplies.push(Component {
-                                    name: opt(psu.name.as_ref())
-                                        .unwrap_or_else(|| psu.member_id.clone()),
-                                    health: Health::of(psu.status.as_ref()).0,
-                                }),
-                                Err(e) => fail(
-                                    sample,
-                                    format!("Chassis/{id}/Power/PowerSupplies"),
-                                    &Nav(&e),
-                                ),
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
-                }
-                if cs.power_supplies.is_empty() && raw.power.is_none() {
-                    match ch.power_supplies().await {
-                        Ok(psus) => {
-                            for psu in psus {
-                                let r = psu.raw();
-                                cs.power_supplies.push(Component {
-                                    name: r.name.clone(),
-                                    health: Health::of(r.status.as_ref()).0,
-                                });
-                            }
-                        }
-                        Err(e) => fail(sample, format!("Chassis/{id}/PowerSubsystem"), &e),
-                    }
-                }
-            };
-            let environment = async {
-                let (env_watts, sample) = (&mut watts, &mut env_errors);
-                match ch.environment_metrics().await {
-                    Ok(Some(env)) => {
-                        *env_watts = env
-                            .raw()
-                            .power_watts
-                            .as_ref()
-                            .and_then(|p| opt(p.reading.as_ref()));
-                    }
-                    Ok(None) => {}
-                    Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
-                }
-            };
-            tokio::join!(thermal, power, environment);
+            }
+            Err(e) => fail(part, format!("Chassis/{id}/Sensors"), &e),
         }
-        cs.temperatures = temps.temperatures;
-        cs.fans = temps.fans;
-        cs.power_supplies = power.power_supplies;
-        // Legacy PowerControl first; EnvironmentMetrics where there is none.
-        cs.consumed_watts = power.consumed_watts.or(watts);
-        for part in [temps_errors, power_errors, env_errors] {
-            sample.errors.extend(part.errors);
+    }
+    for mut part in parts {
+        for cs in &mut part.chassis {
+            cs.consumed_watts = readings::chassis_power(cs);
+            cs.inlet_celsius = readings::inlet(cs.temperatures.iter());
+            cs.cpu_max_celsius = readings::cpu_max(cs.temperatures.iter());
         }
-        cs.inlet_celsius = cs
-            .temperatures
-            .iter()
-            .filter(|t| is_inlet(&t.name, t.context.as_deref()))
-            .filter_map(|t| t.value)
-            .reduce(f64::max);
-        cs.cpu_max_celsius = cs
-            .temperatures
-            .iter()
-            .filter(|t| is_cpu(&t.name, t.context.as_deref()))
-            .filter_map(|t| t.value)
-            .reduce(f64::max);
-        sample.chassis.push(cs);
+        sample.chassis.append(&mut part.chassis);
+        sample.errors.append(&mut part.errors);
+    }
+}
+
+/// Files one sensor reading where the chassis needs it, by its type or unit.
+fn add_sensor(cs: &mut ChassisSample, sensor: &nv_redfish::schema::sensor::Sensor, needs: Needs) {
+    let kind = sensor
+        .reading_type
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(name_of);
+    let unit = opt(sensor.reading_units.as_ref());
+    let reading = Reading {
+        name: sensor.name.clone(),
+        value: opt(sensor.reading.as_ref()),
+        unit: unit.clone().unwrap_or_default(),
+        context: sensor
+            .physical_context
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(name_of),
+        health: Health::of(sensor.status.as_ref()).0,
+        synthesized: sensor
+            .implementation
+            .as_ref()
+            .and_then(Option::as_ref)
+            .is_some_and(|i| name_of(i) == "Synthesized"),
+    };
+    // ReadingType is optional; the UCUM unit is what BMCs fill in.
+    match (kind.as_deref(), unit.as_deref()) {
+        (Some("Temperature"), _) | (_, Some("Cel")) if needs.temperatures => {
+            cs.temperatures.push(Reading {
+                unit: "Cel".into(),
+                ..reading
+            });
+        }
+        (Some("Power"), _) | (_, Some("W")) if needs.power => {
+            cs.power_readings.push(Reading {
+                unit: "W".into(),
+                ..reading
+            });
+        }
+        (Some("Rotational"), _) | (_, Some("RPM")) if needs.fans => cs.fans.push(reading),
+        _ => {}
+    }
+}
+
+/// Legacy Thermal, Power, EnvironmentMetrics and PowerSubsystem of one chassis; the sensor
+/// links it still needs come back for the second pass.
+async fn one_chassis<B: Bmc + 'static>(
+    ch: Chassis<B>,
+    bmc: &B,
+) -> (BmcSample, Vec<SensorLink<B>>, Needs) {
+    let raw = ch.raw();
+    let id = raw.id.clone();
+    let (health, health_rollup) = Health::of(raw.status.as_ref());
+    let mut cs = ChassisSample {
+        id: id.clone(),
+        uri: super::last_segment(&raw.odata_id.to_string()),
+        name: raw.name.clone(),
+        chassis_type: Some(name_of(&raw.chassis_type)),
+        contained_by: raw
+            .links
+            .as_ref()
+            .and_then(|l| l.contained_by.as_ref())
+            .map(|nav| super::last_segment(&nav.id().to_string())),
+        health,
+        health_rollup,
+        intrusion: raw
+            .physical_security
+            .as_ref()
+            .and_then(|p| opt(p.intrusion_sensor.as_ref()))
+            .map(|i| name_of(&i)),
+        ..ChassisSample::default()
+    };
+    let mut errors = BmcSample::default();
+    // Thermal, power and environment are independent reads: at once (slow BMCs).
+    let (mut temps, mut temps_errors) = (ChassisSample::default(), BmcSample::default());
+    let (mut power, mut power_errors) = (ChassisSample::default(), BmcSample::default());
+    let (mut watts, mut env_errors) = (None, BmcSample::default());
+    tokio::join!(
+        legacy_thermal(&ch, bmc, &id, &mut temps, &mut temps_errors),
+        legacy_power(&ch, bmc, &id, &mut power, &mut power_errors),
+        environment(&ch, &id, &mut watts, &mut env_errors),
+    );
+    cs.temperatures = temps.temperatures;
+    cs.fans = temps.fans;
+    cs.power_supplies = power.power_supplies;
+    cs.power_control_watts = power.power_control_watts;
+    cs.environment_watts = watts;
+    for part in [temps_errors, power_errors, env_errors] {
+        errors.errors.extend(part.errors);
+    }
+    // PSUs from PowerSubsystem whenever the legacy list is empty.
+    if cs.power_supplies.is_empty() && raw.power_subsystem.is_some() {
+        match ch.power_supplies().await {
+            Ok(psus) => {
+                for psu in psus {
+                    let r = psu.raw();
+                    cs.power_supplies.push(Component {
+                        name: r.name.clone(),
+                        health: Health::of(r.status.as_ref()).0,
+                        input_watts: None,
+                    });
+                }
+            }
+            Err(e) => fail(&mut errors, format!("Chassis/{id}/PowerSubsystem"), &e),
+        }
+    }
+    let needs = Needs {
+        temperatures: cs.temperatures.is_empty(),
+        fans: cs.fans.is_empty(),
+        power: cs.power_control_watts.is_none() && cs.environment_watts.is_none(),
+    };
+    let links = if needs.any() && raw.sensors.is_some() {
+        match ch.sensor_links().await {
+            Ok(links) => links.unwrap_or_default(),
+            Err(e) => {
+                fail(&mut errors, format!("Chassis/{id}/Sensors"), &e);
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    errors.chassis.push(cs);
+    (errors, links, needs)
+}
+
+async fn legacy_thermal<B: Bmc + 'static>(
+    ch: &Chassis<B>,
+    bmc: &B,
+    id: &str,
+    cs: &mut ChassisSample,
+    sample: &mut BmcSample,
+) {
+    let t = match ch.thermal().await {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => return fail(sample, format!("Chassis/{id}/Thermal"), &e),
+    };
+    let t = t.raw();
+    for nav in t.temperatures.iter().flatten() {
+        match nav.get(bmc).await {
+            Ok(temp) => {
+                let name = opt(temp.name.as_ref()).unwrap_or_else(|| temp.member_id.clone());
+                cs.temperatures.push(Reading {
+                    value: opt(temp.reading_celsius.as_ref()),
+                    health: Health::of(temp.status.as_ref()).0,
+                    unit: "Cel".into(),
+                    context: temp.physical_context.as_ref().map(name_of),
+                    name,
+                    synthesized: false,
+                });
+            }
+            Err(e) => fail(
+                sample,
+                format!("Chassis/{id}/Thermal/Temperatures"),
+                &Nav(&e),
+            ),
+        }
+    }
+    for nav in t.fans.iter().flatten() {
+        match nav.get(bmc).await {
+            Ok(fan) => cs.fans.push(Reading {
+                name: opt(fan.name.as_ref()).unwrap_or_else(|| fan.member_id.clone()),
+                // Fan readings are RPM or percent: far below 2^52, exact in f64.
+                #[allow(clippy::cast_precision_loss)]
+                value: opt(fan.reading.as_ref()).map(|v| v as f64),
+                unit: fan
+                    .reading_units
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map_or_else(String::new, name_of),
+                context: fan.physical_context.as_ref().map(name_of),
+                health: Health::of(fan.status.as_ref()).0,
+                synthesized: false,
+            }),
+            Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e)),
+        }
+    }
+}
+
+async fn legacy_power<B: Bmc + 'static>(
+    ch: &Chassis<B>,
+    bmc: &B,
+    id: &str,
+    cs: &mut ChassisSample,
+    sample: &mut BmcSample,
+) {
+    let p = match ch.power().await {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => return fail(sample, format!("Chassis/{id}/Power"), &e),
+    };
+    let p = p.raw();
+    for nav in p.power_control.iter().flatten() {
+        match nav.get(bmc).await {
+            Ok(pc) => {
+                // The largest entry, not the sum: XCC lists its CPU and memory sub-systems
+                // beside the whole server.
+                if let Some(w) = opt(pc.power_consumed_watts.as_ref()) {
+                    cs.power_control_watts = Some(cs.power_control_watts.map_or(w, |p| p.max(w)));
+                }
+            }
+            Err(e) => fail(sample, format!("Chassis/{id}/Power/PowerControl"), &Nav(&e)),
+        }
+    }
+    for nav in p.power_supplies.iter().flatten() {
+        match nav.get(bmc).await {
+            Ok(psu) => cs.power_supplies.push(Component {
+                name: opt(psu.name.as_ref()).unwrap_or_else(|| psu.member_id.clone()),
+                health: Health::of(psu.status.as_ref()).0,
+                input_watts: opt(psu.power_input_watts.as_ref()),
+            }),
+            Err(e) => fail(
+                sample,
+                format!("Chassis/{id}/Power/PowerSupplies"),
+                &Nav(&e),
+            ),
+        }
+    }
+}
+
+async fn environment<B: Bmc + 'static>(
+    ch: &Chassis<B>,
+    id: &str,
+    watts: &mut Option<f64>,
+    sample: &mut BmcSample,
+) {
+    match ch.environment_metrics().await {
+        Ok(Some(env)) => {
+            *watts = env
+                .raw()
+                .power_watts
+                .as_ref()
+                .and_then(|p| opt(p.reading.as_ref()));
+        }
+        Ok(None) => {}
+        Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensors_are_fetched_only_for_what_is_needed() {
+        let power_only = Needs {
+            power: true,
+            ..Needs::default()
+        };
+        assert!(worth_fetching(
+            "/redfish/v1/Chassis/DGX/Sensors/PWR_SYSTEM",
+            power_only
+        ));
+        assert!(!worth_fetching(
+            "/redfish/v1/Chassis/DGX/Sensors/TEMP_CPU0",
+            power_only
+        ));
+        assert!(!worth_fetching(
+            "/redfish/v1/Chassis/DGX/Sensors/ENERGY_GB_SXM1",
+            power_only
+        ));
+        assert!(!worth_fetching(
+            "/redfish/v1/Chassis/HGX_CPU_0/Sensors/ProcessorModule_0_CPU_0_CoreUtil_6",
+            power_only
+        ));
+        // An Id that says nothing is read when anything is needed.
+        assert!(worth_fetching(
+            "/redfish/v1/Chassis/1/Sensors/S17",
+            power_only
+        ));
+        assert!(!worth_fetching(
+            "/redfish/v1/Chassis/1/Sensors/S17",
+            Needs::default()
+        ));
     }
 }

@@ -254,6 +254,9 @@ pub struct Reading {
     pub unit: String,
     pub context: Option<String>,
     pub health: Health,
+    /// The BMC computed it (`Implementation: Synthesized`, e.g. a GPU's margin to its slowdown
+    /// limit), rather than measured it.
+    pub synthesized: bool,
 }
 
 /// A component with a health (PSU, fan).
@@ -262,6 +265,8 @@ pub struct Reading {
 pub struct Component {
     pub name: String,
     pub health: Health,
+    /// Input power of a power supply (legacy `PowerInputWatts`), when reported.
+    pub input_watts: Option<f64>,
 }
 
 /// One chassis.
@@ -269,16 +274,43 @@ pub struct Component {
 #[serde(rename_all = "camelCase")]
 pub struct ChassisSample {
     pub id: String,
+    /// The last segment of its URI: what links (`ContainedBy`, a system's `Chassis`) name.
+    /// Usually the Id; some services (DMTF compose mockup) disagree.
+    pub uri: String,
+    pub name: String,
+    pub chassis_type: Option<String>,
+    /// Id of the chassis this one sits in (`Links.ContainedBy`): its power is part of that one's.
+    pub contained_by: Option<String>,
     pub health: Health,
     pub health_rollup: Health,
     /// `PhysicalSecurity.IntrusionSensor` when the chassis reports it.
     pub intrusion: Option<String>,
+    /// This chassis' own readings, by the rules in [`crate::readings`].
     pub inlet_celsius: Option<f64>,
     pub cpu_max_celsius: Option<f64>,
     pub consumed_watts: Option<f64>,
+    /// Legacy `Power.PowerControl[].PowerConsumedWatts`.
+    pub power_control_watts: Option<f64>,
+    /// `EnvironmentMetrics.PowerWatts`.
+    pub environment_watts: Option<f64>,
+    /// Power sensors (`Sensors`, watts), read where legacy power and `EnvironmentMetrics` say
+    /// nothing.
+    pub power_readings: Vec<Reading>,
     pub temperatures: Vec<Reading>,
     pub fans: Vec<Reading>,
     pub power_supplies: Vec<Component>,
+}
+
+impl ChassisSample {
+    /// What links to this chassis name it by.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        if self.uri.is_empty() {
+            &self.id
+        } else {
+            &self.uri
+        }
+    }
 }
 
 /// One drive.
@@ -312,6 +344,19 @@ pub struct SystemSample {
     pub memory_gib: Option<f64>,
     pub health: Health,
     pub health_rollup: Health,
+    /// Ids of the chassis the system sits in (`Links.Chassis`).
+    pub chassis: Vec<String>,
+}
+
+/// One GPU (a `Processor` with `ProcessorType: GPU`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSample {
+    pub id: String,
+    pub model: Option<String>,
+    pub health: Health,
+    /// The chassis carrying its readings (`Links.Chassis`).
+    pub chassis: Option<String>,
 }
 
 /// One system event log entry.
@@ -347,6 +392,7 @@ pub struct BmcSample {
     pub systems: Vec<SystemSample>,
     pub chassis: Vec<ChassisSample>,
     pub drives: Vec<DriveSample>,
+    pub gpus: Vec<GpuSample>,
     pub errors: Vec<SectionError>,
     /// The BMC advertises `$expand` but refused it; poll it without.
     pub expand_refused: bool,
@@ -359,16 +405,31 @@ impl BmcSample {
     pub fn overall_health(&self) -> Health {
         let mut h = Health::Ok;
         let mut seen = false;
+        // A component without a Status (DGX boards, ERoTs) says nothing: it neither makes the
+        // server Unknown nor OK. `Health` stands in where `HealthRollup` is absent.
+        let known = |own: Health, rollup: Health| {
+            let r = if rollup == Health::Unknown {
+                own
+            } else {
+                rollup.worst(own)
+            };
+            (r != Health::Unknown).then_some(r)
+        };
         for s in &self.systems {
-            h = h.worst(s.health.worst(s.health_rollup));
-            seen = true;
+            if let Some(x) = known(s.health, s.health_rollup) {
+                h = h.worst(x);
+                seen = true;
+            }
         }
         for c in &self.chassis {
-            h = h.worst(c.health);
+            if let Some(x) = known(c.health, Health::Unknown) {
+                h = h.worst(x);
+                seen = true;
+            }
             if c.intrusion.as_deref().is_some_and(|i| i != "Normal") {
                 h = Health::Critical;
+                seen = true;
             }
-            seen = true;
         }
         for d in &self.drives {
             if d.health != Health::Unknown {
@@ -597,6 +658,7 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
         sample.systems.extend(part.systems);
         sample.chassis.extend(part.chassis);
         sample.drives.extend(part.drives);
+        sample.gpus.extend(part.gpus);
         sample.errors.extend(part.errors);
         sample.events.extend(part.events);
     }
@@ -622,4 +684,13 @@ fn fail(sample: &mut BmcSample, section: impl Into<String>, error: &impl Classif
         class,
         reason,
     });
+}
+
+/// The Id at the end of a resource URI (`/redfish/v1/Chassis/DGX` → `DGX`).
+fn last_segment(uri: &str) -> String {
+    uri.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(uri)
+        .to_string()
 }

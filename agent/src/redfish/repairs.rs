@@ -26,7 +26,21 @@ pub const REPAIRS: &[(&str, Repair)] = &[
     ("Storage", repair_storage),
     // NVIDIA DGX: a Storage collection without Name.
     ("StorageCollection", repair_collection_name),
+    // NVIDIA DGX: a sensor whose Location.Contacts holds null; the contact is dropped, the
+    // reading kept.
+    ("Sensor", repair_null_contacts),
 ];
+
+fn repair_null_contacts(mut v: Value) -> Value {
+    if let Some(contacts) = v
+        .get_mut("Location")
+        .and_then(|l| l.get_mut("Contacts"))
+        .and_then(Value::as_array_mut)
+    {
+        contacts.retain(|c| !c.is_null());
+    }
+    v
+}
 
 fn repair_chassis(v: Value) -> Value {
     repair_chassis_type(repair_links(repair_id_and_name(v)))

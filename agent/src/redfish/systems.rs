@@ -3,7 +3,7 @@
 use nv_redfish::ServiceRoot;
 use nv_redfish::core::Bmc;
 
-use super::{BmcSample, DriveSample, Health, SystemSample, fail, name_of, opt};
+use super::{BmcSample, DriveSample, GpuSample, Health, SystemSample, fail, name_of, opt};
 
 pub(super) async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample) {
     let members = match root.systems().await {
@@ -34,7 +34,45 @@ pub(super) async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mu
                 .and_then(|m| opt(m.total_system_memory_gi_b.as_ref())),
             health,
             health_rollup,
+            chassis: raw
+                .links
+                .as_ref()
+                .and_then(|l| l.chassis.as_ref())
+                .map(|c| {
+                    c.iter()
+                        .map(|nav| super::last_segment(&nav.id().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
+        // GPUs are processors of type GPU (on DGX/HGX under a baseboard system of their own).
+        match system.processors().await {
+            Ok(Some(processors)) => {
+                for p in processors {
+                    let r = p.raw();
+                    let kind = r
+                        .processor_type
+                        .as_ref()
+                        .and_then(Option::as_ref)
+                        .map(name_of);
+                    if kind.as_deref() != Some("Gpu") && kind.as_deref() != Some("GPU") {
+                        continue;
+                    }
+                    sample.gpus.push(GpuSample {
+                        id: r.id.clone(),
+                        model: opt(r.model.as_ref()),
+                        health: Health::of(r.status.as_ref()).0,
+                        chassis: r
+                            .links
+                            .as_ref()
+                            .and_then(|l| l.chassis.as_ref())
+                            .map(|nav| super::last_segment(&nav.id().to_string())),
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(e) => fail(sample, format!("Systems/{}/Processors", raw.id), &e),
+        }
         let section = format!("Systems/{}/Storage", raw.id);
         let storages = match system.storage_controllers().await {
             Ok(s) => s.unwrap_or_default(),

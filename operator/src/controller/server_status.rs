@@ -189,6 +189,8 @@ fn apply_bmc(status: &mut ServerStatus, b: &proto::BmcSummary, sample: &Sample) 
         processor_count: (b.processor_count > 0).then_some(b.processor_count),
         logical_processors: (b.logical_processors > 0).then_some(b.logical_processors),
         memory: b.memory_bytes.map(|m| Quantity::new(m.to_string())),
+        // None when the BMC lists no GPU: the asset register's count (spec.capacity) stands.
+        gpus: (!b.gpus.is_empty()).then(|| u32::try_from(b.gpus.len()).unwrap_or(u32::MAX)),
         observed: seen.clone(),
         ..status.inventory.clone().unwrap_or_default()
     });

@@ -1,0 +1,563 @@
+//! The per-tree truth table: on every tree in ../shared/redfish-mockups, the summary the agent
+//! sends (server power, inlet, hottest CPU, fans, PSUs, drives, GPUs, health) equals values
+//! read off the tree's JSON by hand (the note on each row says where they come from).
+//! `TRUTH_PRINT=1 cargo test -p sovereign-agent --test truth -- --nocapture` prints the rows.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sovereign_agent::convert;
+use sovereign_agent::mockbmc::{self, MockBmc};
+use sovereign_agent::redfish::{self, Endpoint};
+use sovereign_telemetry::proto::{BmcSummary, Health, sample::Body};
+
+fn mockups() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
+}
+
+fn trees() -> Vec<String> {
+    let mut out = Vec::new();
+    for group in ["dmtf", "vendor", "variants"] {
+        let Ok(dir) = std::fs::read_dir(mockups().join(group)) else {
+            continue;
+        };
+        for e in dir.filter_map(Result::ok) {
+            if mockbmc::service_root(&e.path())
+                .join("index.json")
+                .is_file()
+            {
+                out.push(format!("{group}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn summary(tree: &str) -> BmcSummary {
+    let bmc = mockbmc::start(MockBmc::new(mockups().join(tree)))
+        .await
+        .unwrap();
+    let ep = Endpoint {
+        address: bmc.url(),
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(10),
+    };
+    let client = redfish::connect(&ep).unwrap();
+    let s = redfish::collect(Arc::new(client)).await.unwrap();
+    match convert::bmc("t", &s).body {
+        Some(Body::Bmc(b)) => b,
+        other => panic!("{tree}: {other:?}"),
+    }
+}
+
+/// One row: what the tree says.
+struct Truth {
+    tree: &'static str,
+    watts: Option<f64>,
+    inlet: Option<f64>,
+    cpu: Option<f64>,
+    fans: usize,
+    psus: usize,
+    drives: Option<u32>,
+    gpus: usize,
+    health: Health,
+}
+
+fn row(b: &BmcSummary) -> String {
+    format!(
+        "watts {:?} inlet {:?} cpu {:?} fans {} psus {} drives {} gpus {} health {:?}",
+        b.consumed_watts,
+        b.inlet_celsius,
+        b.cpu_max_celsius,
+        b.fans.len(),
+        b.power_supplies.len(),
+        b.drives,
+        b.gpus.len(),
+        b.health()
+    )
+}
+
+#[tokio::test]
+async fn every_tree_reads_as_its_json_says() {
+    let print = std::env::var("TRUTH_PRINT").is_ok();
+    let table = truth();
+    let mut wrong = Vec::new();
+    for tree in trees() {
+        let b = summary(&tree).await;
+        if print {
+            println!("{tree}: {}", row(&b));
+        }
+        let Some(t) = table.iter().find(|t| t.tree == tree) else {
+            wrong.push(format!("{tree}: no row in the truth table ({})", row(&b)));
+            continue;
+        };
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() < 0.01,
+            (None, None) => true,
+            _ => false,
+        };
+        let ok = close(b.consumed_watts, t.watts)
+            && close(b.inlet_celsius, t.inlet)
+            && close(b.cpu_max_celsius, t.cpu)
+            && b.fans.len() == t.fans
+            && b.power_supplies.len() == t.psus
+            && t.drives.is_none_or(|d| d == b.drives)
+            && b.gpus.len() == t.gpus
+            && b.health() == t.health;
+        if !ok {
+            wrong.push(format!(
+                "{tree}:\n  got  {}\n  want watts {:?} inlet {:?} cpu {:?} fans {} psus {} drives {:?} gpus {} health {:?}",
+                row(&b),
+                t.watts,
+                t.inlet,
+                t.cpu,
+                t.fans,
+                t.psus,
+                t.drives,
+                t.gpus,
+                t.health
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn t(
+    tree: &'static str,
+    watts: Option<f64>,
+    inlet: Option<f64>,
+    cpu: Option<f64>,
+    fans: usize,
+    psus: usize,
+    drives: Option<u32>,
+    gpus: usize,
+    health: Health,
+) -> Truth {
+    Truth {
+        tree,
+        watts,
+        inlet,
+        cpu,
+        fans,
+        psus,
+        drives,
+        gpus,
+        health,
+    }
+}
+
+/// Checked against the JSON by hand: the vendor and GPU rows value by value (DGX: `PWR_SYSTEM`
+/// 1,950 W, `TEMP_AMBIENT` 22 °C, CPUBaseboard `TEMP_CPU0` 55 °C, 36 legacy fans, PSU0-5 under
+/// PowerSubsystem, GPU_SXM_1-8; GH200: processor modules 165.805 + 144.309 W with their GPUs
+/// inside them not added again, coldest HGX inlet 29.996 °C, CPU TempAvg 38.281 °C (TempLimit
+/// excluded), FAN_1-8 F/R as Sensors; Lenovo: PowerControl[0] 708 W beside its CPU and memory
+/// sub-systems; compose mockup: the first system's chassis, 559 W, not the eight servers' sum).
+/// `None` for drives: not compared yet (DGX NVMe drives live under SimpleStorage, not read).
+fn truth() -> Vec<Truth> {
+    vec![
+        t(
+            "dmtf/public-acd",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-applications",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(4),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-bladed",
+            None,
+            Some(24.0),
+            Some(77.0),
+            8,
+            2,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-bladed-partitions",
+            None,
+            Some(25.0),
+            Some(42.0),
+            2,
+            2,
+            Some(2),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-cables",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-catfish",
+            Some(224.0),
+            Some(25.0),
+            Some(46.0),
+            2,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-composability",
+            None,
+            Some(24.0),
+            None,
+            4,
+            2,
+            Some(7),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-compose-action",
+            Some(559.0),
+            None,
+            None,
+            0,
+            0,
+            Some(26),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-constrained-composition",
+            None,
+            Some(24.0),
+            None,
+            4,
+            2,
+            Some(3),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-cooling-unit",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-cxl",
+            None,
+            Some(25.0),
+            None,
+            2,
+            0,
+            Some(0),
+            1,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-cxl-multiswitch",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            1,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-expansion-box",
+            None,
+            Some(24.0),
+            None,
+            4,
+            2,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-iiot",
+            None,
+            None,
+            Some(51.0),
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-liquid-cooled-server",
+            Some(374.0),
+            Some(22.5),
+            Some(37.0),
+            0,
+            2,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-localstorage",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(4),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-mpf",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(4),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-nvmeof-jbof",
+            Some(1795.0),
+            Some(25.0),
+            None,
+            2,
+            2,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-oem-examples",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Unknown,
+        ),
+        t(
+            "dmtf/public-pdu",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-pmem-configuration",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-power-shelf",
+            None,
+            None,
+            None,
+            0,
+            0,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-rackmount1",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(0),
+            0,
+            Health::Warning,
+        ),
+        t(
+            "dmtf/public-sasfabric",
+            None,
+            Some(25.0),
+            Some(41.0),
+            4,
+            2,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-smartnic",
+            Some(374.0),
+            Some(22.5),
+            Some(37.0),
+            0,
+            2,
+            Some(1),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-telemetry",
+            Some(8000.0),
+            Some(25.0),
+            Some(21.0),
+            8,
+            12,
+            Some(0),
+            0,
+            Health::Ok,
+        ),
+        t(
+            "dmtf/public-tower",
+            Some(926.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            2,
+            Some(18),
+            2,
+            Health::Ok,
+        ),
+        t(
+            "variants/dell-intrusion",
+            Some(614.0),
+            Some(25.0),
+            Some(39.0),
+            6,
+            2,
+            Some(3),
+            1,
+            Health::Critical,
+        ),
+        t(
+            "variants/localstorage-wearout",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(4),
+            0,
+            Health::Warning,
+        ),
+        t(
+            "variants/rackmount1-intrusion",
+            Some(344.0),
+            Some(25.0),
+            Some(41.0),
+            2,
+            1,
+            Some(0),
+            0,
+            Health::Critical,
+        ),
+        t(
+            "vendor/dell",
+            Some(614.0),
+            Some(25.0),
+            Some(39.0),
+            6,
+            2,
+            Some(3),
+            1,
+            Health::Ok,
+        ),
+        t(
+            "vendor/hpe",
+            Some(531.0),
+            Some(20.0),
+            Some(46.0),
+            6,
+            2,
+            Some(18),
+            0,
+            Health::Critical,
+        ),
+        t(
+            "vendor/lenovo",
+            Some(708.0),
+            Some(19.0),
+            Some(30.0),
+            10,
+            4,
+            Some(4),
+            8,
+            Health::Ok,
+        ),
+        t(
+            "vendor/nvidia-gh200",
+            Some(310.114),
+            Some(29.996),
+            Some(38.281),
+            16,
+            0,
+            Some(0),
+            2,
+            Health::Ok,
+        ),
+        t(
+            "vendor/nvidia-viking",
+            Some(1950.0),
+            Some(22.0),
+            Some(55.0),
+            36,
+            6,
+            None,
+            8,
+            Health::Ok,
+        ),
+        t(
+            "vendor/supermicro",
+            Some(2161.0),
+            Some(21.0),
+            Some(45.0),
+            6,
+            8,
+            Some(8),
+            0,
+            Health::Ok,
+        ),
+    ]
+}
