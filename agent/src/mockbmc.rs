@@ -38,6 +38,13 @@ pub enum Fault {
     HugeChunked(usize),
     /// HTML error page from a JSON URI (Supermicro-style).
     HtmlPage,
+    /// Below the service root, this status with a Redfish error whose `@Message.ExtendedInfo`
+    /// carries `message_id` (e.g. `Base.1.8.PasswordChangeRequired`) and `message`.
+    Refused {
+        status: u16,
+        message_id: String,
+        message: String,
+    },
 }
 
 /// One simulated BMC.
@@ -60,6 +67,8 @@ pub struct MockBmc {
     pub page_size: Option<usize>,
     /// Serve collection members as links only, as BMCs without inline members do.
     pub links_only: bool,
+    /// Requests per path (query left off), for tests that count attempts.
+    pub paths: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl MockBmc {
@@ -74,6 +83,7 @@ impl MockBmc {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             page_size: None,
             links_only: false,
+            paths: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
@@ -157,6 +167,11 @@ async fn handle(
     body: axum::body::Bytes,
 ) -> Response {
     bmc.requests.fetch_add(1, Ordering::Relaxed);
+    *bmc.paths
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(uri.path().to_owned())
+        .or_default() += 1;
     if std::env::var_os("SOVEREIGN_MOCKBMC_LOG").is_some() {
         eprintln!("mockbmc: {method} {uri}");
     }
@@ -185,7 +200,9 @@ async fn handle(
         };
         return json(status, "");
     }
-    if !authorised(&bmc, &headers) {
+    // As on real BMCs, the service root answers without credentials.
+    let open_path = matches!(uri.path().trim_end_matches('/'), "/redfish" | "/redfish/v1");
+    if !open_path && !authorised(&bmc, &headers) {
         let mut r = json(
             StatusCode::UNAUTHORIZED,
             r#"{"error":{"code":"Base.1.0.NoValidSession"}}"#,
@@ -225,7 +242,21 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
             return r;
         }
-        Fault::WrongTypes | Fault::None | Fault::HugeBody(_) | Fault::HugeChunked(_) => {}
+        Fault::Refused {
+            status,
+            message_id,
+            message,
+        } if uri.path().trim_end_matches('/') != "/redfish/v1" => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);
+            let body = serde_json::json!({"error": {"code": message_id, "message": "See ExtendedInfo",
+                "@Message.ExtendedInfo": [{"MessageId": message_id, "Message": message, "Severity": "Critical"}]}});
+            return json(status, body.to_string());
+        }
+        Fault::Refused { .. }
+        | Fault::WrongTypes
+        | Fault::None
+        | Fault::HugeBody(_)
+        | Fault::HugeChunked(_) => {}
     }
     if method != Method::GET {
         return json(StatusCode::METHOD_NOT_ALLOWED, "{}");

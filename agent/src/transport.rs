@@ -172,6 +172,17 @@ impl HttpClient for Transport {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = read_capped(response, self.max_body).await?;
+        // A login or error page served with 200 where JSON was expected (Supermicro, proxies).
+        if body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'<')
+        {
+            return Err(decode_error(
+                "the BMC answered an HTML page (a login or error page?) where JSON was expected"
+                    .into(),
+            ));
+        }
         let mut value: serde_json::Value =
             serde_json::from_slice(&body).map_err(BmcError::DecodeError)?;
         drop(body);

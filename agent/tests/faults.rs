@@ -253,3 +253,91 @@ async fn tls_needs_a_valid_ca_bundle_or_explicit_insecure() {
     let err = sovereign_agent::redfish::connect(&ep).err().unwrap();
     assert_eq!(err.class(), FailureClass::Config, "{err}");
 }
+
+/// Every refusal reads as one line a person can act on, with the BMC's own words when it gave
+/// some, and the class the operator turns into the condition reason.
+#[tokio::test]
+async fn failures_have_their_class_and_a_one_line_reason() {
+    let refused = |status: u16, id: &str, message: &str| Fault::Refused {
+        status,
+        message_id: id.into(),
+        message: message.into(),
+    };
+    let cases = [
+        (
+            "password-change",
+            refused(
+                403,
+                "Base.1.8.PasswordChangeRequired",
+                "The password provided for this account must be changed before access is granted.",
+            ),
+            FailureClass::Forbidden,
+            "HTTP 403: PasswordChangeRequired: The password provided for this account must be changed",
+        ),
+        (
+            "html",
+            Fault::HtmlPage,
+            FailureClass::Protocol,
+            "the BMC answered an HTML page (a login or error page?)",
+        ),
+        (
+            "busy",
+            Fault::Unavailable {
+                retry_after_seconds: 5,
+            },
+            FailureClass::Unavailable,
+            "HTTP 503: Base.1.0.ServiceTemporarilyUnavailable",
+        ),
+    ];
+    for (name, fault, class, words) in cases {
+        let s = bmc(fault, Duration::ZERO).await;
+        let client =
+            sovereign_agent::redfish::connect(&endpoint(s.url(), "root", "calvin")).unwrap();
+        let err = sovereign_agent::redfish::collect(std::sync::Arc::new(client))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.class(), class, "{name}: {text}");
+        assert!(text.contains(words), "{name}: {text}");
+        assert!(!text.contains('\n'), "{name}: one line: {text}");
+        assert!(!text.contains("<html"), "{name}: no raw HTML: {text}");
+        assert!(
+            !text.contains("InvalidResponse") && !text.contains("Some("),
+            "{name}: no Rust debug formatting: {text}"
+        );
+    }
+}
+
+/// A request that outlives its own timeout is `BmcTimeout`, not "unreachable".
+#[tokio::test]
+async fn a_request_timeout_is_a_timeout() {
+    let s = bmc(Fault::None, Duration::from_millis(800)).await;
+    let mut ep = endpoint(s.url(), "root", "calvin");
+    ep.timeout = Duration::from_millis(200);
+    let client = sovereign_agent::redfish::connect(&ep).unwrap();
+    let err = sovereign_agent::redfish::collect(std::sync::Arc::new(client))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), FailureClass::Timeout, "{err}");
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+}
+
+/// Wrong credentials: every path is asked once, never a second `$expand`-less pass (each
+/// attempt is a failed login the BMC counts towards locking the account).
+#[tokio::test]
+async fn a_refused_login_is_never_retried_in_the_same_poll() {
+    let mut m = MockBmc::new(rackmount());
+    m.credentials = Some(("sovereign-ro".into(), "right".into()));
+    let paths = m.paths.clone();
+    let s = mockbmc::start(m).await.unwrap();
+    let client =
+        sovereign_agent::redfish::connect(&endpoint(s.url(), "sovereign-ro", "wrong")).unwrap();
+    let err = sovereign_agent::redfish::collect(std::sync::Arc::new(client))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), FailureClass::Unauthorized, "{err}");
+    let paths = paths.lock().unwrap().clone();
+    assert!(paths.len() > 1, "{paths:?}");
+    let repeated: Vec<_> = paths.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "asked more than once: {repeated:?}");
+}

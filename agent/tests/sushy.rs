@@ -240,6 +240,8 @@ async fn tls_is_verified_against_the_bmc_ca() {
         {
             let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "Another data centre CA");
             p
         },
         KeyPair::generate().unwrap(),
@@ -247,17 +249,34 @@ async fn tls_is_verified_against_the_bmc_ca() {
     .unwrap();
     let mut wrong = endpoint(url.clone());
     wrong.ca_bundle_pem = Some(other_ca.pem());
+    let err = read(&wrong).await.unwrap_err();
     assert_eq!(
-        read(&wrong).await.unwrap_err().class(),
-        FailureClass::Transport,
-        "another CA is refused"
+        err.class(),
+        FailureClass::Tls,
+        "another CA is refused: {err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("certificate is not signed by a CA this collector trusts"),
+        "the reason names the certificate problem in words: {err}"
     );
 
     let default_roots = endpoint(url.clone());
     assert_eq!(
         read(&default_roots).await.unwrap_err().class(),
-        FailureClass::Transport,
+        FailureClass::Tls,
         "public roots do not vouch for a BMC CA"
+    );
+
+    // The right CA, the wrong name: reached as `localhost`, the certificate names 127.0.0.1.
+    let mut misnamed = endpoint(url.replace("127.0.0.1", "localhost"));
+    misnamed.ca_bundle_pem = Some(ca.pem());
+    let err = read(&misnamed).await.unwrap_err();
+    assert_eq!(err.class(), FailureClass::Tls, "{err}");
+    assert!(
+        err.to_string()
+            .contains("certificate does not name the address"),
+        "{err}"
     );
 
     let mut insecure = endpoint(url);

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use nv_redfish::ServiceRoot;
+use nv_redfish::computer_system::ComputerSystem;
 use nv_redfish::core::Bmc;
 use serde_json::Value;
 
@@ -155,23 +156,19 @@ async fn read_log<B: Bmc + 'static>(
 
 /// System event logs under Systems.
 pub(super) async fn system_logs<B: Bmc + 'static>(
-    root: &ServiceRoot<B>,
+    members: &[ComputerSystem<B>],
     bmc: &B,
     sample: &mut BmcSample,
 ) {
-    if let Ok(Some(systems)) = root.systems().await
-        && let Ok(members) = systems.members().await
-    {
-        for system in members {
-            let owner = format!("Systems/{}", system.raw().id);
-            match system.log_services().await {
-                Ok(logs) => {
-                    for log in logs.unwrap_or_default() {
-                        read_log(&owner, bmc, &log, sample).await;
-                    }
+    for system in members {
+        let owner = format!("Systems/{}", system.raw().id);
+        match system.log_services().await {
+            Ok(logs) => {
+                for log in logs.unwrap_or_default() {
+                    read_log(&owner, bmc, &log, sample).await;
                 }
-                Err(e) => fail(sample, format!("{owner}/LogServices"), &e),
             }
+            Err(e) => fail(sample, format!("{owner}/LogServices"), &e),
         }
     }
 }

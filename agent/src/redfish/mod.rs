@@ -114,8 +114,10 @@ pub enum FailureClass {
     ServerError,
     /// Answered, but not with a Redfish document we can read (HTML, malformed JSON, wrong types).
     Protocol,
-    /// No usable answer: refused, reset, TLS failure, timeout.
+    /// No usable answer: refused, reset, unreachable.
     Transport,
+    /// The TLS handshake failed: untrusted, expired or misnamed certificate, no common cipher.
+    Tls,
     /// The poll took longer than its deadline.
     Timeout,
     /// Our side: bad address, bad CA bundle.
@@ -132,6 +134,7 @@ impl fmt::Display for FailureClass {
             FailureClass::ServerError => "BmcServerError",
             FailureClass::Protocol => "BmcProtocolError",
             FailureClass::Transport => "BmcUnreachable",
+            FailureClass::Tls => "BmcTlsError",
             FailureClass::Timeout => "BmcTimeout",
             FailureClass::Config => "BmcConfigInvalid",
         })
@@ -139,41 +142,177 @@ impl fmt::Display for FailureClass {
 }
 
 fn classify<B: Bmc>(e: &nv_redfish::Error<B>) -> FailureClass {
+    describe(e).0
+}
+
+/// Class and a one-line reason a person can act on, for any nv-redfish error.
+fn describe<B: Bmc>(e: &nv_redfish::Error<B>) -> (FailureClass, String) {
     match e {
-        nv_redfish::Error::Bmc(b) => classify_bmc(b),
-        _ => FailureClass::Protocol,
+        nv_redfish::Error::Bmc(b) => describe_bmc(b),
+        other => (FailureClass::Protocol, one_line(&other.to_string())),
     }
 }
 
-fn classify_bmc<E: nv_redfish::core::BmcError>(b: &E) -> FailureClass {
+/// What the BMC said when it refused: `@Message.ExtendedInfo` messages (e.g.
+/// `PasswordChangeRequired`), an HTML page named as such, or the start of the text.
+pub fn error_body_summary(body: &str) -> String {
+    let trimmed = body.trim_start();
+    if trimmed.starts_with('<') || trimmed.get(..512).unwrap_or(trimmed).contains("<html") {
+        return "the BMC answered an HTML page (a login or error page?)".into();
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(trimmed) {
+        let err = v.get("error");
+        let infos = err
+            .and_then(|e| e.get("@Message.ExtendedInfo"))
+            .and_then(serde_json::Value::as_array);
+        let messages: Vec<String> = infos
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                let id = i
+                    .get("MessageId")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|m| m.rsplit('.').next());
+                let text = i.get("Message").and_then(serde_json::Value::as_str);
+                match (id, text) {
+                    (Some(id), Some(t)) => Some(format!("{id}: {t}")),
+                    (None, Some(t)) => Some(t.to_owned()),
+                    (Some(id), None) => Some(id.to_owned()),
+                    (None, None) => None,
+                }
+            })
+            .collect();
+        if !messages.is_empty() {
+            return messages.join("; ");
+        }
+        if let Some(m) = err
+            .and_then(|e| e.get("message").or_else(|| e.get("code")))
+            .and_then(serde_json::Value::as_str)
+        {
+            return m.to_owned();
+        }
+    }
+    one_line(trimmed.get(..120).unwrap_or(trimmed))
+}
+
+/// Words for a certificate or handshake failure, from rustls' error text.
+fn tls_words(text: &str) -> Option<String> {
+    let words = if text.contains("UnknownIssuer") {
+        "the BMC's certificate is not signed by a CA this collector trusts (give the Server \
+         its CA bundle, or set insecureSkipVerify to opt out)"
+    } else if text.contains("NotValidForName") {
+        "the BMC's certificate does not name the address it was reached at"
+    } else if text.contains("Expired") {
+        "the BMC's certificate has expired"
+    } else if text.contains("NotValidYet") {
+        "the BMC's certificate is not valid yet (check the clocks)"
+    } else if text.contains("BadSignature") {
+        "the BMC's certificate does not verify against the trusted CA (badly signed, or signed \
+         by another CA of the same name)"
+    } else if text.contains("BadEncoding") {
+        "the BMC's certificate is malformed"
+    } else if text.contains("certificate") || text.contains("handshake") || text.contains("TLS") {
+        return Some(format!(
+            "TLS handshake with the BMC failed: {}",
+            one_line(text)
+        ));
+    } else {
+        return None;
+    };
+    Some(words.to_owned())
+}
+
+fn describe_bmc<E: nv_redfish::core::BmcError + 'static>(b: &E) -> (FailureClass, String) {
     use nv_redfish::core::BmcErrorClass;
+    let said = || {
+        b.response_body()
+            .map(error_body_summary)
+            .unwrap_or_default()
+    };
     match b.error_class() {
-        BmcErrorClass::HttpResponse { status: 401 } => FailureClass::Unauthorized,
-        BmcErrorClass::HttpResponse { status: 403 } => FailureClass::Forbidden,
-        BmcErrorClass::HttpResponse { status: 404 } => FailureClass::NotFound,
-        BmcErrorClass::HttpResponse { status: 429 | 503 } => FailureClass::Unavailable,
-        BmcErrorClass::HttpResponse { status } if status >= 500 => FailureClass::ServerError,
-        BmcErrorClass::HttpResponse { .. } | BmcErrorClass::ResponseParse => FailureClass::Protocol,
-        BmcErrorClass::Transport => FailureClass::Transport,
+        BmcErrorClass::HttpResponse { status } => {
+            let class = match status {
+                401 => FailureClass::Unauthorized,
+                403 => FailureClass::Forbidden,
+                404 => FailureClass::NotFound,
+                429 | 503 => FailureClass::Unavailable,
+                s if s >= 500 => FailureClass::ServerError,
+                _ => FailureClass::Protocol,
+            };
+            let said = said();
+            let reason = if said.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {said}")
+            };
+            (class, reason)
+        }
+        BmcErrorClass::ResponseParse => (FailureClass::Protocol, one_line(&b.to_string())),
+        BmcErrorClass::Transport => describe_transport(b),
         // Other, and classes added by future nv-redfish releases.
         _ => {
-            if b.to_string().contains("Decode") {
+            let text = b.to_string();
+            let class = if text.contains("Decode") {
                 FailureClass::Protocol
             } else {
                 FailureClass::Transport
-            }
+            };
+            (class, one_line(&text))
         }
     }
+}
+
+/// A failure before any answer: timeout, TLS, refused; named from the innermost cause.
+fn describe_transport(b: &(dyn std::error::Error + 'static)) -> (FailureClass, String) {
+    let mut chain = Vec::new();
+    let mut timeout = false;
+    let mut cur: Option<&dyn std::error::Error> = Some(b);
+    while let Some(e) = cur {
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+        {
+            timeout = true;
+        }
+        chain.push(e.to_string());
+        cur = e.source();
+    }
+    if timeout {
+        return (
+            FailureClass::Timeout,
+            "the BMC did not answer within the request timeout".into(),
+        );
+    }
+    let all = chain.join(": ");
+    if let Some(words) = tls_words(&all) {
+        return (FailureClass::Tls, words);
+    }
+    let innermost = chain.last().cloned().unwrap_or_default();
+    (
+        FailureClass::Transport,
+        format!("could not reach the BMC: {}", one_line(&innermost)),
+    )
+}
+
+/// One line, single spaces: reasons end up in conditions, Events and tables.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Errors a section can fail with: nv-redfish's, or the transport's from a navigation read.
 trait Classified: fmt::Display {
     fn class(&self) -> FailureClass;
+    /// One line a person can act on.
+    fn reason(&self) -> String {
+        one_line(&self.to_string())
+    }
 }
 
 impl<B: Bmc> Classified for nv_redfish::Error<B> {
     fn class(&self) -> FailureClass {
         classify(self)
+    }
+    fn reason(&self) -> String {
+        describe(self).1
     }
 }
 
@@ -186,9 +325,12 @@ impl<E: fmt::Display> fmt::Display for Nav<'_, E> {
     }
 }
 
-impl<E: nv_redfish::core::BmcError> Classified for Nav<'_, E> {
+impl<E: nv_redfish::core::BmcError + 'static> Classified for Nav<'_, E> {
     fn class(&self) -> FailureClass {
-        classify_bmc(self.0)
+        describe_bmc(self.0).0
+    }
+    fn reason(&self) -> String {
+        describe_bmc(self.0).1
     }
 }
 
@@ -381,6 +523,9 @@ pub struct SectionError {
     pub section: String,
     pub class: FailureClass,
     pub reason: String,
+    /// The request that failed asked for `$expand` (the BMC may not support it).
+    #[serde(skip)]
+    pub expand: bool,
 }
 
 /// Everything read from one BMC in one poll.
@@ -481,15 +626,13 @@ impl fmt::Debug for SessionLogin {
 /// authentication, except `Unauthorized`, which means the credentials are wrong.
 pub async fn login(ep: &Endpoint, hint: &RetryHint) -> Result<SessionLogin, RedfishError> {
     let basic = Arc::new(connect_hinted(ep, hint)?);
-    let root = ServiceRoot::new(basic)
-        .await
-        .map_err(|e| RedfishError::ServiceRoot {
-            class: classify(&e),
-            message: e.to_string(),
-        })?;
-    let tree = |e: &nv_redfish::Error<HttpRedfish>| RedfishError::Tree {
-        class: classify(e),
-        message: e.to_string(),
+    let root = ServiceRoot::new(basic).await.map_err(|e| {
+        let (class, message) = describe(&e);
+        RedfishError::ServiceRoot { class, message }
+    })?;
+    let tree = |e: &nv_redfish::Error<HttpRedfish>| {
+        let (class, message) = describe(e);
+        RedfishError::Tree { class, message }
     };
     let unsupported = || RedfishError::Tree {
         class: FailureClass::NotFound,
@@ -608,29 +751,43 @@ pub async fn collect_with<B: Bmc + 'static>(
     bmc: Arc<B>,
     use_expand: bool,
 ) -> Result<BmcSample, RedfishError> {
-    let mut root = ServiceRoot::new(bmc.clone())
-        .await
-        .map_err(|e| RedfishError::ServiceRoot {
-            class: classify(&e),
-            message: e.to_string(),
-        })?;
+    let mut root = ServiceRoot::new(bmc.clone()).await.map_err(|e| {
+        let (class, message) = describe(&e);
+        RedfishError::ServiceRoot { class, message }
+    })?;
     if !use_expand {
         root = root.restrict_expand();
     }
     let mut sample = read_tree(&root, &*bmc).await;
-    if use_expand && sample.errors.iter().any(|e| e.reason.contains("$expand")) {
+    // Never after a 401/403: a second pass is a second failed login per path (lockout risk).
+    let refused_login = sample.errors.iter().any(|e| {
+        matches!(
+            e.class,
+            FailureClass::Unauthorized | FailureClass::Forbidden
+        )
+    });
+    if use_expand && !refused_login && sample.errors.iter().any(|e| e.expand) {
         sample = read_tree(&root.restrict_expand(), &*bmc).await;
         sample.expand_refused = true;
     }
     // The service root answers without credentials; a BMC where nothing below it could be read
-    // (bad credentials, overloaded) has failed, with the class of its first error.
+    // (bad credentials, overloaded) has failed, with the class of its first error and every
+    // section's reason (distinct ones, so ten 401s read as one).
     if sample.systems.is_empty()
         && sample.chassis.is_empty()
         && let Some(first) = sample.errors.first()
     {
+        let mut reasons: Vec<String> = Vec::new();
+        for e in &sample.errors {
+            if !reasons.iter().any(|r| r.ends_with(&e.reason)) {
+                reasons.push(format!("{}: {}", e.section, e.reason));
+            }
+        }
+        let mut message = reasons.join("; ");
+        truncate_reason(&mut message);
         return Err(RedfishError::Tree {
             class: first.class,
-            message: format!("{}: {}", first.section, first.reason),
+            message,
         });
     }
     Ok(sample)
@@ -646,12 +803,18 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
     };
     // The sections are independent: read them at once, so a slow BMC (seconds per request)
     // costs the longest chain of requests, not their sum. At most four requests in flight.
-    let mut parts: [BmcSample; 4] = Default::default();
-    let [sys, chs, slog, mlog] = &mut parts;
+    let mut parts: [BmcSample; 5] = Default::default();
+    let [list, sys, chs, slog, mlog] = &mut parts;
+    let systems_and_their_logs = async {
+        let members = systems::members(root, list).await;
+        tokio::join!(
+            systems::systems(&members, sys),
+            logs::system_logs(&members, bmc, slog),
+        );
+    };
     tokio::join!(
-        systems::systems(root, sys),
+        systems_and_their_logs,
         chassis::chassis(root, bmc, chs),
-        logs::system_logs(root, bmc, slog),
         logs::manager_logs(root, bmc, mlog),
     );
     for part in parts {
@@ -670,7 +833,18 @@ const MAX_REASON: usize = 256;
 
 fn fail(sample: &mut BmcSample, section: impl Into<String>, error: &impl Classified) {
     let class = error.class();
-    let mut reason = error.to_string();
+    let mut reason = error.reason();
+    truncate_reason(&mut reason);
+    sample.errors.push(SectionError {
+        section: section.into(),
+        class,
+        reason,
+        // The full text names the URL the BMC refused.
+        expand: error.to_string().contains("$expand"),
+    });
+}
+
+fn truncate_reason(reason: &mut String) {
     if reason.len() > MAX_REASON {
         let cut = (0..=MAX_REASON)
             .rev()
@@ -679,11 +853,6 @@ fn fail(sample: &mut BmcSample, section: impl Into<String>, error: &impl Classif
         reason.truncate(cut);
         reason.push('…');
     }
-    sample.errors.push(SectionError {
-        section: section.into(),
-        class,
-        reason,
-    });
 }
 
 /// The Id at the end of a resource URI (`/redfish/v1/Chassis/DGX` → `DGX`).

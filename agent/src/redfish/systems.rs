@@ -1,19 +1,37 @@
 //! Systems: inventory, drives and GPUs.
 
 use nv_redfish::ServiceRoot;
+use nv_redfish::computer_system::ComputerSystem;
 use nv_redfish::core::Bmc;
 
 use super::{BmcSample, DriveSample, GpuSample, Health, SystemSample, fail, name_of, opt};
 
-pub(super) async fn systems<B: Bmc + 'static>(root: &ServiceRoot<B>, sample: &mut BmcSample) {
-    let members = match root.systems().await {
+/// The Systems collection's members, read once per poll for inventory and logs alike (with
+/// bad credentials, every request is a failed login the BMC counts).
+pub(super) async fn members<B: Bmc + 'static>(
+    root: &ServiceRoot<B>,
+    sample: &mut BmcSample,
+) -> Vec<ComputerSystem<B>> {
+    match root.systems().await {
         Ok(Some(c)) => match c.members().await {
             Ok(m) => m,
-            Err(e) => return fail(sample, "Systems", &e),
+            Err(e) => {
+                fail(sample, "Systems", &e);
+                Vec::new()
+            }
         },
-        Ok(None) => return,
-        Err(e) => return fail(sample, "Systems", &e),
-    };
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            fail(sample, "Systems", &e);
+            Vec::new()
+        }
+    }
+}
+
+pub(super) async fn systems<B: Bmc + 'static>(
+    members: &[ComputerSystem<B>],
+    sample: &mut BmcSample,
+) {
     for system in members {
         let raw = system.raw();
         let (health, health_rollup) = Health::of(raw.status.as_ref());
