@@ -33,6 +33,15 @@ fn tier(media_type: Option<&str>, protocol: Option<&str>) -> String {
     .to_owned()
 }
 
+/// The BMC's own words for a component, in parentheses (nothing when it gave none).
+fn said(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", conditions.join("; "))
+    }
+}
+
 /// The worst component and why, in words (empty when everything is OK or unknown).
 fn health_reason(s: &BmcSample) -> String {
     let worst = s.overall_health();
@@ -45,10 +54,15 @@ fn health_reason(s: &BmcSample) -> String {
             parts.push(format!("chassis {} intrusion sensor: {i}", c.id));
         }
         if c.health == worst {
-            parts.push(format!("chassis {}: {:?}", c.id, c.health));
+            parts.push(format!("chassis {}: {:?}{}", c.id, c.health, said(&c.conditions)));
         }
         for p in c.power_supplies.iter().filter(|p| p.health == worst) {
-            parts.push(format!("power supply {}: {:?}", p.name, p.health));
+            parts.push(format!(
+                "power supply {}: {:?}{}",
+                p.name,
+                p.health,
+                said(&p.conditions)
+            ));
         }
         for f in c.fans.iter().filter(|f| f.health == worst) {
             parts.push(format!("fan {}: {:?}", f.name, f.health));
@@ -56,7 +70,7 @@ fn health_reason(s: &BmcSample) -> String {
     }
     for sys in &s.systems {
         if sys.health == worst || sys.health_rollup == worst {
-            parts.push(format!("system {}: {worst:?}", sys.id));
+            parts.push(format!("system {}: {worst:?}{}", sys.id, said(&sys.conditions)));
         }
     }
     for d in s.drives.iter().filter(|d| d.health == worst) {

@@ -406,11 +406,13 @@ mod tests {
                 name: "PSU1".into(),
                 health: Health::Ok,
                 input_watts: Some(200.0),
+                conditions: Vec::new(),
             },
             Component {
                 name: "PSU2".into(),
                 health: Health::Ok,
                 input_watts: Some(190.0),
+                conditions: Vec::new(),
             },
         ];
         assert_eq!(server_power(&s), Some((390.0, PowerSource::PowerSupplies)));

@@ -29,8 +29,41 @@ pub enum RoleError {
         #[source]
         source: serde_yaml_ng::Error,
     },
+    #[error(
+        "targets {path}: server {name:?} (entry {index}) is not a name a Server object can have: \
+         {why}; the operator would drop its samples"
+    )]
+    TargetName {
+        path: String,
+        index: usize,
+        name: String,
+        why: String,
+    },
     #[error(transparent)]
     Os(#[from] OsError),
+}
+
+/// Why `name` cannot name a Kubernetes object (DNS-1123 subdomain), if it cannot.
+pub fn object_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name.len() > 253 {
+        return Some(format!("it is {} characters long (at most 253)", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+    {
+        return Some(format!(
+            "{c:?} is not allowed (lower-case letters, digits, '-' and '.' only)"
+        ));
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Some("it must start and end with a letter or digit".into());
+    }
+    None
 }
 
 /// One BMC to poll, as given in a targets file (the in-cluster source, Server objects and their
@@ -65,6 +98,20 @@ pub fn load_targets(path: &str, timeout: Duration) -> Result<Vec<(String, Endpoi
             path: path.to_owned(),
             source,
         })?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, t) in targets.iter().enumerate() {
+        let why = object_name_problem(&t.server).or_else(|| {
+            (!seen.insert(t.server.as_str())).then(|| "it is listed twice".to_owned())
+        });
+        if let Some(why) = why {
+            return Err(RoleError::TargetName {
+                path: path.to_owned(),
+                index,
+                name: t.server.clone(),
+                why,
+            });
+        }
+    }
     targets
         .into_iter()
         .map(|t| {
@@ -168,5 +215,47 @@ pub async fn run_node(
                 Err(e) => tracing::warn!(error = %e, "os sample failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(yaml: &str) -> Result<Vec<(String, Endpoint)>, RoleError> {
+        let dir = std::env::temp_dir().join(format!("sovereign-targets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        std::fs::write(dir.join("pw"), "secret\n").unwrap_or_default();
+        let file = dir.join(format!("t-{}.yaml", yaml.len()));
+        let text = yaml.replace("PW", &dir.join("pw").display().to_string());
+        std::fs::write(&file, text).unwrap_or_default();
+        load_targets(&file.display().to_string(), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn a_name_the_operator_would_refuse_is_refused_at_load() {
+        let ok = targets(
+            "- {server: hn1-r1-s01, address: 'https://10.0.0.1', username: u, passwordFile: PW}\n",
+        );
+        assert_eq!(ok.map(|t| t.len()).ok(), Some(1));
+        let err = targets(
+            "- {server: nvidia_gb200, address: 'https://10.0.0.2', username: u, passwordFile: PW}\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("\"nvidia_gb200\""), "{err}");
+        assert!(err.contains("'_'"), "{err}");
+        let twice = targets(
+            "- {server: a1, address: 'https://10.0.0.1', username: u, passwordFile: PW}\n\
+             - {server: a1, address: 'https://10.0.0.3', username: u, passwordFile: PW}\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(twice.contains("listed twice"), "{twice}");
+        assert!(object_name_problem("-x").is_some());
+        assert!(object_name_problem("Upper").is_some());
+        assert!(object_name_problem("dgx-h100.rack-3").is_none());
     }
 }

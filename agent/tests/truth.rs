@@ -160,7 +160,9 @@ fn t(
 /// inside them not added again, coldest HGX inlet 29.996 °C, CPU TempAvg 38.281 °C (TempLimit
 /// excluded), FAN_1-8 F/R as Sensors; Lenovo: PowerControl[0] 708 W beside its CPU and memory
 /// sub-systems; compose mockup: the first system's chassis, 559 W, not the eight servers' sum).
-/// `None` for drives: not compared yet (DGX NVMe drives live under SimpleStorage, not read).
+/// DMTF rack servers: SATA Bay 1 and 2 under SimpleStorage (3 and 4 `Absent`; Bay 2 Warning).
+/// DGX drives: its ten NVMe devices under SimpleStorage (controller 2's five are the BMC's
+/// virtual media, not disks). `None` for drives would mean "not compared".
 fn truth() -> Vec<Truth> {
     vec![
         t(
@@ -170,9 +172,9 @@ fn truth() -> Vec<Truth> {
             Some(41.0),
             2,
             1,
-            Some(0),
+            Some(2),
             0,
-            Health::Ok,
+            Health::Warning,
         ),
         t(
             "dmtf/public-applications",
@@ -192,7 +194,7 @@ fn truth() -> Vec<Truth> {
             Some(77.0),
             8,
             2,
-            Some(0),
+            Some(8),
             0,
             Health::Ok,
         ),
@@ -324,9 +326,9 @@ fn truth() -> Vec<Truth> {
             Some(37.0),
             0,
             2,
-            Some(0),
+            Some(2),
             0,
-            Health::Ok,
+            Health::Warning,
         ),
         t(
             "dmtf/public-localstorage",
@@ -412,7 +414,7 @@ fn truth() -> Vec<Truth> {
             Some(41.0),
             2,
             1,
-            Some(0),
+            Some(2),
             0,
             Health::Warning,
         ),
@@ -434,9 +436,9 @@ fn truth() -> Vec<Truth> {
             Some(37.0),
             0,
             2,
-            Some(1),
+            Some(3),
             0,
-            Health::Ok,
+            Health::Warning,
         ),
         t(
             "dmtf/public-telemetry",
@@ -489,7 +491,7 @@ fn truth() -> Vec<Truth> {
             Some(41.0),
             2,
             1,
-            Some(0),
+            Some(2),
             0,
             Health::Critical,
         ),
@@ -544,7 +546,7 @@ fn truth() -> Vec<Truth> {
             Some(55.0),
             36,
             6,
-            None,
+            Some(10),
             8,
             Health::Ok,
         ),
@@ -560,4 +562,23 @@ fn truth() -> Vec<Truth> {
             Health::Ok,
         ),
     ]
+}
+
+/// A component's own words reach the health reason: the DMTF rack server's system is Warning
+/// because of a sensor above its caution threshold (its legacy PSU entry gives no words).
+#[tokio::test]
+async fn the_health_reason_carries_the_bmcs_words() {
+    let b = summary("dmtf/public-rackmount1").await;
+    assert_eq!(b.health(), Health::Warning);
+    assert!(
+        b.health_reason
+            .contains("Sensor 'CPU1 Temp' reading of 44 (Cel) is above the 42 upper caution threshold."),
+        "{}",
+        b.health_reason
+    );
+    assert!(
+        b.health_reason.contains("power supply Power Supply Bay: Warning"),
+        "{}",
+        b.health_reason
+    );
 }

@@ -12,7 +12,9 @@ use nv_redfish::chassis::Chassis;
 use nv_redfish::core::Bmc;
 use nv_redfish::sensor::SensorLink;
 
-use super::{BmcSample, ChassisSample, Component, Health, Nav, Reading, fail, name_of, opt};
+use super::{
+    BmcSample, ChassisSample, Component, Health, Nav, Reading, conditions, fail, name_of, opt,
+};
 use crate::readings;
 
 /// Chassis read at once.
@@ -207,6 +209,7 @@ async fn one_chassis<B: Bmc + 'static>(
             .map(|nav| super::last_segment(&nav.id().to_string())),
         health,
         health_rollup,
+        conditions: conditions(raw.status.as_ref()),
         intrusion: raw
             .physical_security
             .as_ref()
@@ -242,6 +245,7 @@ async fn one_chassis<B: Bmc + 'static>(
                         name: r.name.clone(),
                         health: Health::of(r.status.as_ref()).0,
                         input_watts: None,
+                        conditions: conditions(r.status.as_ref()),
                     });
                 }
             }
@@ -353,6 +357,7 @@ async fn legacy_power<B: Bmc + 'static>(
                 name: opt(psu.name.as_ref()).unwrap_or_else(|| psu.member_id.clone()),
                 health: Health::of(psu.status.as_ref()).0,
                 input_watts: opt(psu.power_input_watts.as_ref()),
+                conditions: conditions(psu.status.as_ref()),
             }),
             Err(e) => fail(
                 sample,

@@ -409,6 +409,8 @@ pub struct Component {
     pub health: Health,
     /// Input power of a power supply (legacy `PowerInputWatts`), when reported.
     pub input_watts: Option<f64>,
+    /// Why it is not OK, in the BMC's words (`Status.Conditions[].Message`).
+    pub conditions: Vec<String>,
 }
 
 /// One chassis.
@@ -427,6 +429,8 @@ pub struct ChassisSample {
     pub health_rollup: Health,
     /// `PhysicalSecurity.IntrusionSensor` when the chassis reports it.
     pub intrusion: Option<String>,
+    /// Why it is not OK, in the BMC's words (`Status.Conditions[].Message`).
+    pub conditions: Vec<String>,
     /// This chassis' own readings, by the rules in [`crate::readings`].
     pub inlet_celsius: Option<f64>,
     pub cpu_max_celsius: Option<f64>,
@@ -488,6 +492,8 @@ pub struct SystemSample {
     pub health_rollup: Health,
     /// Ids of the chassis the system sits in (`Links.Chassis`).
     pub chassis: Vec<String>,
+    /// Why it is not OK, in the BMC's words (`Status.Conditions[].Message`).
+    pub conditions: Vec<String>,
 }
 
 /// One GPU (a `Processor` with `ProcessorType: GPU`).
@@ -808,7 +814,7 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
     let systems_and_their_logs = async {
         let members = systems::members(root, list).await;
         tokio::join!(
-            systems::systems(&members, sys),
+            systems::systems(&members, bmc, sys),
             logs::system_logs(&members, bmc, slog),
         );
     };
@@ -853,6 +859,27 @@ fn truncate_reason(reason: &mut String) {
         reason.truncate(cut);
         reason.push('…');
     }
+}
+
+/// The messages of a status' Warning and Critical conditions (e.g. a firmware strap mismatch,
+/// a PSU's predicted failure), at most four, one line each.
+fn conditions(status: Option<&Status>) -> Vec<String> {
+    status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(Option::as_ref)
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            !matches!(c.severity, Some(RfHealth::Ok))
+        })
+        .filter_map(|c| {
+            c.message
+                .as_deref()
+                .map(one_line)
+                .or_else(|| Some(c.message_id.clone()))
+        })
+        .take(4)
+        .collect()
 }
 
 /// The Id at the end of a resource URI (`/redfish/v1/Chassis/DGX` → `DGX`).

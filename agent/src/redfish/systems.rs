@@ -2,9 +2,12 @@
 
 use nv_redfish::ServiceRoot;
 use nv_redfish::computer_system::ComputerSystem;
-use nv_redfish::core::Bmc;
+use nv_redfish::core::{Bmc, ODataId};
+use serde_json::Value;
 
-use super::{BmcSample, DriveSample, GpuSample, Health, SystemSample, fail, name_of, opt};
+use super::{
+    BmcSample, DriveSample, GpuSample, Health, Nav, SystemSample, conditions, fail, name_of, opt,
+};
 
 /// The Systems collection's members, read once per poll for inventory and logs alike (with
 /// bad credentials, every request is a failed login the BMC counts).
@@ -30,9 +33,11 @@ pub(super) async fn members<B: Bmc + 'static>(
 
 pub(super) async fn systems<B: Bmc + 'static>(
     members: &[ComputerSystem<B>],
+    bmc: &B,
     sample: &mut BmcSample,
 ) {
     for system in members {
+        let drives_before = sample.drives.len();
         let raw = system.raw();
         let (health, health_rollup) = Health::of(raw.status.as_ref());
         let ps = raw.processor_summary.as_ref();
@@ -52,6 +57,7 @@ pub(super) async fn systems<B: Bmc + 'static>(
                 .and_then(|m| opt(m.total_system_memory_gi_b.as_ref())),
             health,
             health_rollup,
+            conditions: conditions(raw.status.as_ref()),
             chassis: raw
                 .links
                 .as_ref()
@@ -121,6 +127,94 @@ pub(super) async fn systems<B: Bmc + 'static>(
                 }
                 Err(e) => fail(sample, section.clone(), &e),
             }
+        }
+        // DGX and other AMI BMCs list their NVMe drives only under SimpleStorage.
+        if sample.drives.len() == drives_before
+            && let Some(link) = raw.simple_storage.as_ref()
+        {
+            simple_storage(bmc, &raw.id, link.odata_id.clone(), sample).await;
+        }
+    }
+}
+
+/// A document read as plain JSON: collections' `Members`, SimpleStorage's `Devices`.
+#[derive(serde::Deserialize)]
+struct Doc {
+    #[serde(rename = "@odata.id")]
+    id: ODataId,
+    #[serde(rename = "Members", default)]
+    members: Vec<Value>,
+    #[serde(rename = "Devices", default)]
+    devices: Vec<Value>,
+}
+
+impl nv_redfish::core::EntityTypeRef for Doc {
+    fn odata_id(&self) -> &ODataId {
+        &self.id
+    }
+
+    fn etag(&self) -> Option<&nv_redfish::core::ODataETag> {
+        None
+    }
+}
+
+/// Whether a SimpleStorage device is a disk, not the BMC's virtual media (`Virtual Cdrom
+/// Device`, `Virtual HDisk Device`) or an absent bay.
+fn is_disk(device: &Value) -> bool {
+    let text = |k: &str| device.get(k).and_then(Value::as_str).unwrap_or_default();
+    let words = crate::readings::words(&format!("{} {}", text("Model"), text("Name")));
+    let absent = device
+        .get("Status")
+        .and_then(|s| s.get("State"))
+        .and_then(Value::as_str)
+        == Some("Absent");
+    !absent && !words.iter().any(|w| w == "virtual" || w == "cdrom")
+}
+
+async fn simple_storage<B: Bmc + 'static>(
+    bmc: &B,
+    system: &str,
+    collection: ODataId,
+    sample: &mut BmcSample,
+) {
+    let section = format!("Systems/{system}/SimpleStorage");
+    let list = match bmc.get::<Doc>(&collection).await {
+        Ok(l) => l,
+        Err(e) => return fail(sample, section, &Nav(&e)),
+    };
+    for member in &list.members {
+        let Some(uri) = member.get("@odata.id").and_then(Value::as_str) else {
+            continue;
+        };
+        let doc = match bmc.get::<Doc>(&ODataId::from(uri.to_owned())).await {
+            Ok(d) => d,
+            Err(e) => {
+                fail(sample, section.clone(), &Nav(&e));
+                continue;
+            }
+        };
+        for d in doc.devices.iter().filter(|d| is_disk(d)) {
+            let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
+            let name = text("Name").unwrap_or_default();
+            let says_nvme = crate::readings::words(&name).iter().any(|w| w == "nvme");
+            let status = d.get("Status");
+            let health = match status.and_then(|s| s.get("Health")).and_then(Value::as_str) {
+                Some("OK") => Health::Ok,
+                Some("Warning") => Health::Warning,
+                Some("Critical") => Health::Critical,
+                _ => Health::Unknown,
+            };
+            sample.drives.push(DriveSample {
+                id: name,
+                model: text("Model"),
+                media_type: None,
+                protocol: says_nvme.then(|| "NVMe".to_owned()),
+                capacity_bytes: d.get("CapacityBytes").and_then(Value::as_u64),
+                health,
+                failure_predicted: false,
+                life_left_percent: None,
+                encryption_capable: false,
+            });
         }
     }
 }
