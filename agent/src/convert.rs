@@ -54,7 +54,12 @@ fn health_reason(s: &BmcSample) -> String {
             parts.push(format!("chassis {} intrusion sensor: {i}", c.id));
         }
         if c.health == worst {
-            parts.push(format!("chassis {}: {:?}{}", c.id, c.health, said(&c.conditions)));
+            parts.push(format!(
+                "chassis {}: {:?}{}",
+                c.id,
+                c.health,
+                said(&c.conditions)
+            ));
         }
         for p in c.power_supplies.iter().filter(|p| p.health == worst) {
             parts.push(format!(
@@ -70,7 +75,11 @@ fn health_reason(s: &BmcSample) -> String {
     }
     for sys in &s.systems {
         if sys.health == worst || sys.health_rollup == worst {
-            parts.push(format!("system {}: {worst:?}{}", sys.id, said(&sys.conditions)));
+            parts.push(format!(
+                "system {}: {worst:?}{}",
+                sys.id,
+                said(&sys.conditions)
+            ));
         }
     }
     for d in s.drives.iter().filter(|d| d.health == worst) {
@@ -181,6 +190,7 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
             })
             .collect(),
         health_reason: health_reason(s),
+        warnings: s.warnings.iter().take(16).cloned().collect(),
         gpus: readings::gpus(s)
             .into_iter()
             .map(|g| proto::Gpu {

@@ -311,8 +311,12 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             insecure_skip_verify: insecure,
             timeout: Duration::from_secs(timeout_seconds),
         };
-        let client = redfish::connect(&endpoint)?;
-        match redfish::collect(Arc::new(client)).await {
+        let hint = sovereign_agent::transport::RetryHint::default();
+        let client = redfish::connect_hinted(&endpoint, &hint)?;
+        match redfish::collect(Arc::new(client)).await.map(|mut s| {
+            s.warnings = hint.take_dropped();
+            s
+        }) {
             Ok(sample) => collected.bmc = Some(sample),
             Err(e) => {
                 healthy = false;

@@ -321,6 +321,10 @@ impl Job {
                 .map_or_else(|| basic.clone(), |s| s.client.clone());
             let result = redfish::collect_with(client, self.use_expand)
                 .await
+                .map(|mut sample| {
+                    sample.warnings = self.hint.take_dropped();
+                    sample
+                })
                 .map_err(PollError::from);
             let expired = self.auth == Auth::Session
                 && matches!(&result, Err(e) if e.class() == FailureClass::Unauthorized);

@@ -117,6 +117,9 @@ pub fn render_table(c: &Collected) -> String {
             or_dash(crate::readings::server_inlet(b)),
             or_dash(crate::readings::server_cpu_max(b)),
         );
+        for w in &b.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         let gpus = crate::readings::gpus(b);
         if !gpus.is_empty() {
             let mut t = table(&["GPU", "MODEL", "HEALTH", "WATTS", "TEMP °C"]);

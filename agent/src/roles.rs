@@ -49,7 +49,10 @@ pub fn object_name_problem(name: &str) -> Option<String> {
         return Some("it is empty".into());
     }
     if name.len() > 253 {
-        return Some(format!("it is {} characters long (at most 253)", name.len()));
+        return Some(format!(
+            "it is {} characters long (at most 253)",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -100,9 +103,8 @@ pub fn load_targets(path: &str, timeout: Duration) -> Result<Vec<(String, Endpoi
         })?;
     let mut seen = std::collections::BTreeSet::new();
     for (index, t) in targets.iter().enumerate() {
-        let why = object_name_problem(&t.server).or_else(|| {
-            (!seen.insert(t.server.as_str())).then(|| "it is listed twice".to_owned())
-        });
+        let why = object_name_problem(&t.server)
+            .or_else(|| (!seen.insert(t.server.as_str())).then(|| "it is listed twice".to_owned()));
         if let Some(why) = why {
             return Err(RoleError::TargetName {
                 path: path.to_owned(),

@@ -35,19 +35,123 @@ const MAX_ERROR_TEXT: usize = 4 << 10;
 /// Longest wait a BMC may ask for; anything longer is treated as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_hours(1);
 
-/// The latest `Retry-After` a BMC sent, shared by the clients of one BMC.
+/// What the transport learned about one BMC, shared by its clients: the latest `Retry-After`
+/// it sent, and the fields dropped to decode its documents since last asked.
 #[derive(Clone, Debug, Default)]
-pub struct RetryHint(Arc<Mutex<Option<Duration>>>);
+pub struct RetryHint {
+    retry_after: Arc<Mutex<Option<Duration>>>,
+    dropped: Arc<Mutex<Vec<String>>>,
+}
+
+/// Dropped-field notes kept between two polls (a broken BMC must not grow memory).
+const MAX_DROPPED_NOTES: usize = 32;
 
 impl RetryHint {
     /// Takes the hint, leaving none.
     pub fn take(&self) -> Option<Duration> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.retry_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     fn set(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(d.min(MAX_RETRY_AFTER));
+        *self
+            .retry_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(d.min(MAX_RETRY_AFTER));
     }
+
+    /// Takes the notes of fields dropped or filled in to decode this BMC's documents.
+    pub fn take_dropped(&self) -> Vec<String> {
+        std::mem::take(&mut *self.dropped.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn note_dropped(&self, note: String) {
+        let mut d = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);
+        if d.len() < MAX_DROPPED_NOTES && !d.contains(&note) {
+            d.push(note);
+        }
+    }
+}
+
+/// Fields one document may lose before it is given up on.
+const MAX_LOOSENED: usize = 16;
+
+/// The name a member without `Name` (or `Id`) gets: its other name, else its URI's last segment.
+fn filler(object: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<String> {
+    let other = if field == "Name" { "Id" } else { "Name" };
+    object
+        .get(other)
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            object
+                .get("@odata.id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|u| u.trim_end_matches('/').rsplit('/').next())
+                .map(str::to_owned)
+        })
+}
+
+/// The value at `segs` below `value`.
+fn walk<'a>(
+    value: &'a mut serde_json::Value,
+    segs: &[&serde_path_to_error::Segment],
+) -> Option<&'a mut serde_json::Value> {
+    use serde_path_to_error::Segment;
+    let mut cur = value;
+    for seg in segs {
+        cur = match seg {
+            Segment::Map { key } => cur.get_mut(key.as_str())?,
+            Segment::Seq { index } => cur.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Makes a document decodable again after `error` at `path`, at the cost of that one field or
+/// member: a required `Name`/`Id` missing is filled in from the other (or the URI), a
+/// collection without `Members` gets an empty list, anything else that does not decode (a
+/// `UUID` that is not one, an unknown enum value, a member of the wrong shape) is removed.
+/// Returns what was done, or None when it cannot be (then the section fails as before).
+fn loosen(
+    value: &mut serde_json::Value,
+    path: &serde_path_to_error::Path,
+    error: &str,
+) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    if let Some(field) = error
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let object = walk(value, &segments)?.as_object_mut()?;
+        let fill = match field {
+            "Name" | "Id" => serde_json::Value::String(filler(object, field)?),
+            "Members" => serde_json::Value::Array(Vec::new()),
+            _ => return None,
+        };
+        object.insert(field.to_owned(), fill);
+        let at = if segments.is_empty() {
+            String::new()
+        } else {
+            format!("{path}.")
+        };
+        return Some(format!("{at}{field} missing, filled in"));
+    }
+    let (last, parent) = segments.split_last()?;
+    match (last, walk(value, parent)?) {
+        (Segment::Map { key }, serde_json::Value::Object(o)) => {
+            o.remove(key.as_str())?;
+        }
+        (Segment::Seq { index }, serde_json::Value::Array(a)) if *index < a.len() => {
+            a.remove(*index);
+        }
+        _ => return None,
+    }
+    Some(format!("{path} dropped: {error}"))
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -149,7 +253,8 @@ impl HttpClient for Transport {
     where
         T: DeserializeOwned + Send + Sync,
     {
-        let mut request = auth(self.http.get(url), credentials).headers(custom_headers.clone());
+        let mut request =
+            auth(self.http.get(url.clone()), credentials).headers(custom_headers.clone());
         if let Some(etag) = etag {
             request = request.header(IF_NONE_MATCH, etag.to_string());
         }
@@ -191,7 +296,24 @@ impl HttpClient for Transport {
         if let (Some(etag), Some(o)) = (etag, value.as_object_mut()) {
             o.insert("@odata.etag".into(), serde_json::Value::String(etag));
         }
-        serde_path_to_error::deserialize(value).map_err(BmcError::JsonError)
+        // One bad field costs that field, never the document (and with `$expand`, never the
+        // whole collection): loosen and retry, noting each change for the Server's warnings.
+        let mut loosened = 0;
+        loop {
+            match serde_path_to_error::deserialize::<_, T>(&value) {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    let note = (loosened < MAX_LOOSENED)
+                        .then(|| loosen(&mut value, e.path(), &e.inner().to_string()))
+                        .flatten();
+                    let Some(note) = note else {
+                        return Err(BmcError::JsonError(e));
+                    };
+                    self.hint.note_dropped(format!("{url}: {note}"));
+                    loosened += 1;
+                }
+            }
+        }
     }
 
     async fn poll<T>(

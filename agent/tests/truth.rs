@@ -571,13 +571,15 @@ async fn the_health_reason_carries_the_bmcs_words() {
     let b = summary("dmtf/public-rackmount1").await;
     assert_eq!(b.health(), Health::Warning);
     assert!(
-        b.health_reason
-            .contains("Sensor 'CPU1 Temp' reading of 44 (Cel) is above the 42 upper caution threshold."),
+        b.health_reason.contains(
+            "Sensor 'CPU1 Temp' reading of 44 (Cel) is above the 42 upper caution threshold."
+        ),
         "{}",
         b.health_reason
     );
     assert!(
-        b.health_reason.contains("power supply Power Supply Bay: Warning"),
+        b.health_reason
+            .contains("power supply Power Supply Bay: Warning"),
         "{}",
         b.health_reason
     );

@@ -549,6 +549,9 @@ pub struct BmcSample {
     pub expand_refused: bool,
     /// System event log entries (all this poll read; the poller keeps only new ones).
     pub events: Vec<LogEvent>,
+    /// Fields dropped or filled in so a document would decode, each with its URI: what the
+    /// BMC sent that does not follow the schema, at the cost of that field only.
+    pub warnings: Vec<String>,
 }
 
 impl BmcSample {
@@ -869,9 +872,7 @@ fn conditions(status: Option<&Status>) -> Vec<String> {
         .and_then(Option::as_ref)
         .into_iter()
         .flatten()
-        .filter(|c| {
-            !matches!(c.severity, Some(RfHealth::Ok))
-        })
+        .filter(|c| !matches!(c.severity, Some(RfHealth::Ok)))
         .filter_map(|c| {
             c.message
                 .as_deref()
