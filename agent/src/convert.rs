@@ -43,7 +43,7 @@ fn said(conditions: &[String]) -> String {
 }
 
 /// The worst component and why, in words (empty when everything is OK or unknown).
-fn health_reason(s: &BmcSample) -> String {
+pub fn health_reason(s: &BmcSample) -> String {
     let worst = s.overall_health();
     if matches!(worst, Health::Ok | Health::Unknown) {
         return String::new();

@@ -26,8 +26,9 @@
 //! `VRM`, `Vreg`), memory (`DIMM`) and limits. The hottest wins.
 //!
 //! ## GPUs
-//! Each `Processor` of type GPU; its power is its chassis' power (rule 4's own power), its
-//! temperature the hottest measured (not synthesized), non-memory, non-limit temperature there.
+//! Each `Processor` of type GPU; when it links to a chassis of its own (`HGX_GPU_SXM_1` for
+//! `GPU_SXM_1`, not a PCIe card's host chassis), its power is that chassis' power (rule 4's own
+//! power) and its temperature the hottest measured (not synthesized), non-memory, non-limit one.
 
 use crate::redfish::{BmcSample, ChassisSample, GpuSample, Health, Reading};
 
@@ -263,10 +264,14 @@ pub fn gpus(s: &BmcSample) -> Vec<GpuReading> {
     s.gpus
         .iter()
         .map(|g: &GpuSample| {
+            // Only a chassis of the GPU's own (HGX_GPU_SXM_1 for GPU_SXM_1): a PCIe GPU links
+            // to the server's chassis, whose power and temperatures are not the GPU's.
+            let own_words = words(&g.id);
             let ch = g
                 .chassis
                 .as_ref()
-                .and_then(|id| s.chassis.iter().find(|c| c.key() == id));
+                .and_then(|id| s.chassis.iter().find(|c| c.key() == id))
+                .filter(|c| words(c.key()).ends_with(&own_words) && !own_words.is_empty());
             GpuReading {
                 id: g.id.clone(),
                 model: g.model.clone(),
@@ -454,5 +459,25 @@ mod tests {
         let g = gpus(&s);
         assert_eq!(g[0].power_watts, Some(71.7));
         assert_eq!(g[0].temperature_celsius, Some(26.75));
+    }
+
+    #[test]
+    fn a_pcie_gpu_does_not_take_its_hosts_readings() {
+        // Dell: the H100 PCIe card links to the server's chassis.
+        let mut host = chassis("System.Embedded.1", None);
+        host.power_control_watts = Some(614.0);
+        host.temperatures = vec![t("CPU1 Temp", 39.0, Some("CPU"))];
+        let s = BmcSample {
+            chassis: vec![host],
+            gpus: vec![GpuSample {
+                id: "Video.Slot.2-1".into(),
+                model: Some("NVIDIA H100 PCIe".into()),
+                health: Health::Ok,
+                chassis: Some("System.Embedded.1".into()),
+            }],
+            ..BmcSample::default()
+        };
+        let g = gpus(&s);
+        assert_eq!((g[0].power_watts, g[0].temperature_celsius), (None, None));
     }
 }

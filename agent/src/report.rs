@@ -120,6 +120,67 @@ pub fn render_table(c: &Collected) -> String {
         for w in &b.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
+        let reason = crate::convert::health_reason(b);
+        if !reason.is_empty() {
+            let _ = writeln!(out, "Why {:?}: {reason}\n", b.overall_health());
+        }
+        let fans: Vec<_> = b.chassis.iter().flat_map(|c| &c.fans).collect();
+        if !fans.is_empty() {
+            let rpm: Vec<f64> = fans
+                .iter()
+                .filter(|f| f.unit.eq_ignore_ascii_case("RPM"))
+                .filter_map(|f| f.value)
+                .collect();
+            let _ = writeln!(
+                out,
+                "Fans: {} ({} not OK){}\n",
+                fans.len(),
+                fans.iter()
+                    .filter(|f| !matches!(
+                        f.health,
+                        crate::redfish::Health::Ok | crate::redfish::Health::Unknown
+                    ))
+                    .count(),
+                match (
+                    rpm.iter().copied().reduce(f64::min),
+                    rpm.iter().copied().reduce(f64::max)
+                ) {
+                    (Some(lo), Some(hi)) => format!(", {lo}–{hi} RPM"),
+                    _ => String::new(),
+                }
+            );
+        }
+        let psus: Vec<_> = b.chassis.iter().flat_map(|c| &c.power_supplies).collect();
+        if !psus.is_empty() {
+            let mut t = table(&["POWER SUPPLY", "HEALTH", "INPUT W", "BMC SAYS"]);
+            for p in psus {
+                t.add_row(vec![
+                    p.name.clone(),
+                    format!("{:?}", p.health),
+                    or_dash(p.input_watts),
+                    p.conditions.join("; "),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+        }
+        // The newest warnings and criticals, newest last (as the logs keep them).
+        let serious: Vec<_> = b
+            .events
+            .iter()
+            .filter(|e| matches!(e.severity.as_deref(), Some("Warning" | "Critical")))
+            .collect();
+        if !serious.is_empty() {
+            let mut t = table(&["LOG", "CREATED", "SEVERITY", "MESSAGE"]);
+            for e in serious.iter().skip(serious.len().saturating_sub(8)) {
+                t.add_row(vec![
+                    e.log.clone(),
+                    or_dash(e.created.as_deref()),
+                    or_dash(e.severity.as_deref()),
+                    or_dash(e.message.as_deref()),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+        }
         let gpus = crate::readings::gpus(b);
         if !gpus.is_empty() {
             let mut t = table(&["GPU", "MODEL", "HEALTH", "WATTS", "TEMP °C"]);

@@ -142,6 +142,7 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         }
         sample.chassis.append(&mut part.chassis);
         sample.errors.append(&mut part.errors);
+        sample.events.append(&mut part.events);
     }
 }
 
@@ -250,6 +251,18 @@ async fn one_chassis<B: Bmc + 'static>(
                 }
             }
             Err(e) => fail(&mut errors, format!("Chassis/{id}/PowerSubsystem"), &e),
+        }
+    }
+    // Chassis keep event logs too: the DGX's IPMI SEL, each GPU's XID log.
+    if raw.log_services.is_some() {
+        let owner = format!("Chassis/{id}");
+        match ch.log_services().await {
+            Ok(logs) => {
+                for log in logs.unwrap_or_default() {
+                    super::logs::read_log(&owner, bmc, &log, &mut errors).await;
+                }
+            }
+            Err(e) => fail(&mut errors, format!("{owner}/LogServices"), &e),
         }
     }
     let needs = Needs {

@@ -9,13 +9,33 @@ use serde_json::Value;
 
 use super::{BmcSample, LogEvent, MAX_EVENTS_PER_LOG, Nav, fail, name_of, opt};
 
-/// Whether a log service holds hardware events (SEL and its vendor names).
-fn is_event_log(id: &str, entry_type: Option<&str>) -> bool {
-    entry_type == Some("Sel")
-        || matches!(
-            id.to_ascii_lowercase().as_str(),
-            "sel" | "log" | "log1" | "iml" | "event"
-        )
+/// Whether a log service holds hardware events, by its type and the words of its Id and Name:
+/// SEL and Event logs (`Sel`, `IML`, `IEL`, `EventLog`, `FaultLog`, GPU `XID`, Lenovo's
+/// `PlatformLog`/`ActiveLog`, DMTF's `Log1`), never audit, security, journal, dump, debug,
+/// diagnostic, maintenance, POST-code or lifecycle logs, whatever their type says.
+fn is_event_log(id: &str, name: &str, entry_type: Option<&str>) -> bool {
+    let w = crate::readings::words(&format!("{id} {name}"));
+    let says = |any: &[&str]| w.iter().any(|x| any.contains(&x.as_str()));
+    if says(&[
+        "audit",
+        "security",
+        "journal",
+        "dump",
+        "debug",
+        "diagnostic",
+        "maintenance",
+        "post",
+        "fdr",
+        "lclog",
+        "token",
+        "sa",
+    ]) {
+        return false;
+    }
+    matches!(entry_type, Some("Sel" | "Event"))
+        || says(&[
+            "sel", "iml", "iel", "event", "fault", "xid", "log", "platform", "active",
+        ])
 }
 
 /// One page of a log's entries: members inline (most BMCs) or as links, and the next page.
@@ -117,7 +137,7 @@ async fn read_entries<B: Bmc + 'static>(
     (entries, errors)
 }
 
-async fn read_log<B: Bmc + 'static>(
+pub(super) async fn read_log<B: Bmc + 'static>(
     owner: &str,
     bmc: &B,
     log: &nv_redfish::log_service::LogService<B>,
@@ -130,7 +150,7 @@ async fn read_log<B: Bmc + 'static>(
         .as_ref()
         .and_then(Option::as_ref)
         .map(name_of);
-    if !is_event_log(&raw.id, entry_type.as_deref()) {
+    if !is_event_log(&raw.id, &raw.name, entry_type.as_deref()) {
         return;
     }
     let name = format!("{owner}/{}", raw.id);
@@ -198,5 +218,42 @@ pub(super) async fn manager_logs<B: Bmc + 'static>(
         },
         Ok(None) => {}
         Err(e) => fail(sample, "Managers", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_log;
+
+    #[test]
+    fn event_logs_by_type_and_words() {
+        // (Id, Name, LogEntryType) from the vendor captures, and whether they hold events.
+        let cases = [
+            ("Sel", "SEL Log Service", Some("Sel"), true),
+            ("FaultList", "FaultListEntries", Some("Sel"), true),
+            (
+                "Lclog",
+                "LifeCycle Controller Log Service",
+                Some("Oem"),
+                false,
+            ),
+            ("IML", "Integrated Management Log", None, true),
+            ("IEL", "iLO Event Log", None, true),
+            ("SL", "Security Log", None, false),
+            ("AuditLog", "LogService", Some("Multiple"), false),
+            ("DiagnosticLog", "LogService", Some("Multiple"), false),
+            ("PlatformLog", "LogService", Some("Multiple"), true),
+            ("SaLog", "LogService", Some("Multiple"), false),
+            ("Journal", "Open BMC Journal Log Service", None, false),
+            ("Dump", "Dump LogService", None, false),
+            ("PostCodes", "POST Code Log Service", None, false),
+            ("EventLog", "Event Log Service", None, true),
+            ("XID", "XID Log Service", None, true),
+            ("Logs", "IPMI Chassis Logs", Some("Sel"), true),
+            ("LocalLog1", "Local Log", Some("Event"), true),
+        ];
+        for (id, name, kind, want) in cases {
+            assert_eq!(is_event_log(id, name, kind), want, "{id} {name}");
+        }
     }
 }
