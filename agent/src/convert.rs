@@ -1,8 +1,7 @@
 //! Samples as sent to the operator: a small summary per server (full detail stays in metrics).
 
-use sovereign_telemetry::proto::{self, BmcSummary, Failure, OsSummary, Source, sample::Body};
+use sovereign_telemetry_api::proto::{self, BmcSummary, Failure, Source, sample::Body};
 
-use crate::os::OsSample;
 use crate::poller::PollError;
 use crate::readings;
 use crate::redfish::{BmcSample, Health};
@@ -236,24 +235,6 @@ pub fn failure(server: &str, e: &PollError, observed_at_unix_ms: u64) -> proto::
         body: Some(Body::Failure(Failure {
             class: e.class().to_string(),
             reason: e.to_string(),
-        })),
-    }
-}
-
-/// Summary of one OS sample for `server`.
-pub fn os(server: &str, s: &OsSample) -> proto::Sample {
-    proto::Sample {
-        server: server.to_owned(),
-        source: Source::Os as i32,
-        observed_at_unix_ms: millis(s.observed_at_unix_ms),
-        body: Some(Body::Os(OsSummary {
-            kernel: s.kernel.clone().unwrap_or_default(),
-            os_version: s.os_version.clone().unwrap_or_default(),
-            uptime_seconds: s.uptime_seconds,
-            load1: s.load1,
-            cpu_usage_percent: s.cpu_usage_percent,
-            memory_total_bytes: s.memory_total_bytes,
-            memory_used_bytes: s.memory_used_bytes,
         })),
     }
 }

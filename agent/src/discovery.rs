@@ -13,7 +13,7 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use sovereign_crds::Server;
-use sovereign_telemetry::cluster::mirror;
+use sovereign_telemetry_api::watch::mirror;
 
 use crate::poller::Target;
 use crate::redfish::Endpoint;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sovereign_agent::os::OsCollector;
 use sovereign_agent::redfish::{self, Endpoint};
 use sovereign_agent::report::{Collected, render_table};
+use sovereign_node_agent::stream::StreamArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,44 +22,8 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Debug)]
-struct StreamArgs {
-    /// Operator telemetry endpoint, e.g. https://sovereign-operator.sovereign-system:8443
-    /// (http:// only inside a TLS-terminating mesh: the token travels with every stream).
-    #[arg(long, env = "SOVEREIGN_OPERATOR")]
-    operator: String,
-    /// PEM CA bundle the operator's certificate must chain to (https endpoints); without it
-    /// the system roots are used. The certificate is always verified.
-    #[arg(long, env = "SOVEREIGN_OPERATOR_CA_FILE")]
-    operator_ca_file: Option<PathBuf>,
-    /// Projected ServiceAccount token (audience sovereign-telemetry); re-read on every connect.
-    #[arg(
-        long,
-        env = "SOVEREIGN_TOKEN_FILE",
-        default_value = "/var/run/secrets/sovereign/token"
-    )]
-    token_file: PathBuf,
-    /// Samples held while the operator is unreachable.
-    #[arg(long, default_value_t = 4096)]
-    buffer: usize,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Node role (DaemonSet): this host's OS telemetry, streamed to the operator.
-    Node {
-        #[command(flatten)]
-        stream: StreamArgs,
-        /// Name the samples are published under (the Kubernetes node name; the operator maps it
-        /// to the Server whose spec.nodeName matches).
-        #[arg(long, env = "NODE_NAME")]
-        server: String,
-        #[arg(long, default_value_t = 15)]
-        interval_seconds: u64,
-        /// Where the host's / is mounted.
-        #[arg(long, default_value = "/")]
-        host_root: PathBuf,
-    },
     /// BMC role (collector on the management network): polls BMCs, streams to the operator.
     Bmc {
         #[command(flatten)]
@@ -141,57 +106,16 @@ fn publisher(
     args: &StreamArgs,
 ) -> Result<
     (
-        sovereign_telemetry::publisher::Publisher,
+        sovereign_telemetry_api::publisher::Publisher,
         tokio::task::JoinHandle<()>,
     ),
     Box<dyn std::error::Error>,
 > {
-    let token_file = args.token_file.clone();
-    let ca_pem = match &args.operator_ca_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the operator CA {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    Ok(sovereign_telemetry::publisher::start(
-        sovereign_telemetry::publisher::PublisherConfig {
-            endpoint: args.operator.clone(),
-            buffer: args.buffer,
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_mins(2),
-            connect_timeout: Duration::from_secs(10),
-            ca_pem,
-        },
-        move || {
-            std::fs::read_to_string(&token_file)
-                .ok()
-                .map(|t| t.trim().to_owned())
-        },
-    ))
+    sovereign_node_agent::stream::start(args)
 }
 
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let command = match cli.command {
-        Command::Node {
-            stream,
-            server,
-            interval_seconds,
-            host_root,
-        } => {
-            let collector = OsCollector::new(host_root)?;
-            let (publisher, task) = publisher(&stream)?;
-            sovereign_agent::roles::run_node(
-                collector,
-                server,
-                publisher,
-                Duration::from_secs(interval_seconds),
-                sovereign_telemetry::cluster::shutdown_signal(),
-            )
-            .await;
-            task.abort();
-            return Ok(true);
-        }
         Command::Bmc {
             stream,
             targets,
@@ -241,7 +165,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     tokio::spawn(sovereign_agent::selfmetrics::serve(
                         listener,
                         metrics.clone(),
-                        sovereign_telemetry::cluster::shutdown_signal(),
+                        sovereign_telemetry_api::shutdown_signal(),
                     ));
                     Some(metrics)
                 }
@@ -254,7 +178,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 Duration::from_secs(interval_seconds),
                 discovery,
                 metrics,
-                sovereign_telemetry::cluster::shutdown_signal(),
+                sovereign_telemetry_api::shutdown_signal(),
             )
             .await;
             task.abort();
@@ -352,17 +276,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    // The node role runs on every tenant node and does one thing every 15 s: one thread is
-    // plenty, and a worker per core (dozens on big nodes) would only cost memory.
-    let runtime = if matches!(cli.command, Command::Node { .. }) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use sovereign_telemetry::publisher::Publisher;
+use sovereign_telemetry_api::publisher::Publisher;
 use thiserror::Error;
 
 use crate::convert;
 use crate::discovery::Discovery;
-use crate::os::{OsCollector, OsError};
+use crate::os::OsError;
 use crate::poller::{CycleReport, Fleet};
 use crate::redfish::Endpoint;
 use crate::selfmetrics::CollectorMetrics;
@@ -194,27 +194,6 @@ pub async fn run_bmc(
                 }
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
                 tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), not_due = r.not_due, "bmc cycle");
-            }
-        }
-    }
-}
-
-/// The node role until `stop` resolves.
-pub async fn run_node(
-    mut collector: OsCollector,
-    server: String,
-    publisher: Publisher,
-    interval: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut ticker = ticker(interval);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = ticker.tick() => match collector.sample() {
-                Ok(s) => { publisher.offer(convert::os(&server, &s)); }
-                Err(e) => tracing::warn!(error = %e, "os sample failed"),
             }
         }
     }

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sovereign_telemetry::publisher::Stats;
+use sovereign_telemetry_api::publisher::Stats;
 
 use crate::poller::CycleReport;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sovereign_agent::convert;
 use sovereign_agent::mockbmc::{self, MockBmc};
 use sovereign_agent::redfish::{self, Endpoint};
-use sovereign_telemetry::proto::{BmcSummary, Health, sample::Body};
+use sovereign_telemetry_api::proto::{BmcSummary, Health, sample::Body};
 
 fn mockups() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")

@@ -5,22 +5,31 @@
 //!   notifications, for status writing and placement.
 //! - [`serve`] / [`TelemetryService`]: the gRPC server; every stream is authenticated with a
 //!   bearer token checked by a [`TokenVerifier`] (Kubernetes TokenReview in clusters).
-//! - [`publisher`]: the agent side: a bounded buffer and a stream that reconnects with backoff.
+//! - [`publisher`]: the agent side, re-exported from `sovereign-telemetry-api` (the protocol's
+//!   own crate, which is all a node agent links).
 
 pub mod auth;
 pub mod cluster;
 pub mod export;
 pub mod hub;
 pub mod metrics;
-pub mod publisher;
 
+/// The agents' side, from `sovereign-telemetry-api` (re-exported: tests and benches publish).
+pub use sovereign_telemetry_api::publisher;
+
+/// The protocol's messages (`sovereign-telemetry-api`) and, generated here, its server.
 pub mod proto {
-    #![allow(
-        clippy::pedantic,
-        clippy::large_enum_variant,
-        missing_debug_implementations
-    )] // generated code
-    tonic::include_proto!("sovereign.telemetry.v1");
+    pub use sovereign_telemetry_api::proto::*;
+
+    mod server {
+        #![allow(
+            clippy::pedantic,
+            clippy::large_enum_variant,
+            missing_debug_implementations
+        )] // generated code
+        tonic::include_proto!("sovereign.telemetry.v1");
+    }
+    pub use server::telemetry_server;
 }
 
 use std::sync::Arc;

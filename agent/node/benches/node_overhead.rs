@@ -1,14 +1,15 @@
-//! Node agent overhead: `cargo bench -p sovereign-agent --bench node_overhead [-- --interval-s 15 --samples 8]`.
+//! Node agent overhead: `cargo bench -p sovereign-node-agent --bench node_overhead [-- --interval-s 15 --samples 8]`.
 //!
 //! Runs the node role's loop (one OsCollector for the process's life, a sample every interval,
-//! serialised as it would be sent) and prints its own resident memory and CPU use:
+//! encoded as it is sent (protobuf)) and prints its own resident memory and CPU use:
 //! mCPU = CPU seconds / wall seconds x 1000. Targets: <= 10 MiB RSS, <= 2 mCPU at 15 s.
 
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)] // figures for display
 
 use std::time::{Duration, Instant};
 
-use sovereign_agent::os::OsCollector;
+use prost::Message as _;
+use sovereign_node_agent::os::OsCollector;
 
 fn arg(name: &str, default: u64) -> u64 {
     std::env::args()
@@ -40,13 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let samples = arg("--samples", 8);
     let mut collector = OsCollector::new("/")?;
     // Warm-up sample, as at agent start; measurement starts after it.
-    let _ = serde_json::to_vec(&collector.sample()?)?;
+    let _ = sovereign_node_agent::sample("bench", &collector.sample()?).encoded_len();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let mut bytes = 0usize;
     for _ in 0..samples {
         std::thread::sleep(interval);
         let s = collector.sample()?;
-        bytes += serde_json::to_vec(&s)?.len();
+        bytes += sovereign_node_agent::sample("bench", &s).encoded_len();
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
