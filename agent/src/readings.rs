@@ -23,7 +23,8 @@
 //!
 //! ## Hottest CPU
 //! Temperatures whose name or context says CPU/processor, except voltage regulators (`VR`,
-//! `VRM`, `Vreg`), memory (`DIMM`) and limits. The hottest wins.
+//! `VRM`, `Vreg`), memory (`DIMM`) and limits; those named for the CPU alone (`TEMP_CPU0`) win
+//! over qualified ones (`TEMP_CPU0_EFGH`, a DIMM bank) when there are any. The hottest wins.
 //!
 //! ## GPUs
 //! Each `Processor` of type GPU; when it links to a chassis of its own (`HGX_GPU_SXM_1` for
@@ -112,15 +113,33 @@ fn is_cpu_temperature(t: &Reading) -> bool {
             &w,
             &["vr", "vrm", "vreg", "regulator", "dimm", "mem", "memory"],
         )
+        // Supermicro's CPU1_VRMIN / _VRMON / _VRMHV: the CPU's voltage regulators.
+        || w.iter().any(|x| x.starts_with("vrm") || x.starts_with("vreg"))
         || t.context.as_deref() == Some("VoltageRegulator")
         || t.synthesized;
     cpu && !excluded
 }
 
-/// The hottest CPU among `temps`.
+/// A CPU temperature named for the CPU alone (`TEMP_CPU0`, `CPU1 Temp`, `02-CPU 1`), not for
+/// something beside it (`TEMP_CPU0_EFGH`: the DIMM channels E–H of CPU 0).
+fn names_the_cpu_alone(t: &Reading) -> bool {
+    words(&t.name).iter().all(|w| {
+        ["temp", "tmp", "cpu", "processor", "package", "pkg", "die"].contains(&w.as_str())
+            || w.chars().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// The hottest CPU among `temps`: among sensors named for the CPU alone when there are any,
+/// else among all CPU temperatures.
 pub fn cpu_max<'a>(temps: impl Iterator<Item = &'a Reading>) -> Option<f64> {
-    temps
-        .filter(|t| is_cpu_temperature(t))
+    let cpu: Vec<&Reading> = temps.filter(|t| is_cpu_temperature(t)).collect();
+    let alone: Vec<&Reading> = cpu
+        .iter()
+        .copied()
+        .filter(|t| names_the_cpu_alone(t))
+        .collect();
+    let pick = if alone.is_empty() { cpu } else { alone };
+    pick.iter()
         .filter_map(|t| t.value)
         .filter(|v| plausible_celsius(*v))
         .reduce(f64::max)
@@ -358,12 +377,17 @@ mod tests {
     fn cpu_excludes_regulators_limits_and_memory() {
         let temps = [
             t("TEMP_VR_CPU0", 46.0, Some("Intake")),
-            t("TEMP_CPU0", 31.0, Some("Intake")),
             t("CPU 0 TempLimit 0", 51.0, Some("CPU")),
             t("CPU 0 DIMM A", 45.0, None),
             t("CPU 0 TempAvg 0", 38.0, Some("CPU")),
         ];
         assert_eq!(cpu_max(temps.iter()), Some(38.0));
+        // DGX: the DIMM banks of CPU 0 (EFGH) run warmer than the CPU itself.
+        let temps = [
+            t("TEMP_CPU0", 31.0, Some("Intake")),
+            t("TEMP_CPU0_EFGH", 38.0, Some("Intake")),
+        ];
+        assert_eq!(cpu_max(temps.iter()), Some(31.0));
     }
 
     #[test]

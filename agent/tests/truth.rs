@@ -155,11 +155,12 @@ fn t(
 }
 
 /// Checked against the JSON by hand: the vendor and GPU rows value by value (DGX: `PWR_SYSTEM`
-/// 1,950 W, `TEMP_AMBIENT` 22 °C, CPUBaseboard `TEMP_CPU0` 55 °C, 36 legacy fans, PSU0-5 under
+/// 1,950 W, `TEMP_AMBIENT` 22 °C, legacy `TEMP_CPU0`/`TEMP_CPU1` 31 °C (not the DIMM banks `TEMP_CPU0_EFGH` 38 °C; the CPU board's Sensors repeat the DGX's and are not read), 36 legacy fans, PSU0-5 under
 /// PowerSubsystem, GPU_SXM_1-8; GH200: processor modules 165.805 + 144.309 W with their GPUs
 /// inside them not added again, coldest HGX inlet 29.996 °C, CPU TempAvg 38.281 °C (TempLimit
 /// excluded), FAN_1-8 F/R as Sensors; Lenovo: PowerControl[0] 708 W beside its CPU and memory
-/// sub-systems; compose mockup: the first system's chassis, 559 W, not the eight servers' sum).
+/// sub-systems; Supermicro: `CPU1 Temp`/`CPU2 Temp` 29 °C, not `CPU2_VRMHV Temp` 45 °C (a voltage
+/// regulator); compose mockup: the first system's chassis, 559 W, not the eight servers' sum).
 /// DMTF rack servers: SATA Bay 1 and 2 under SimpleStorage (3 and 4 `Absent`; Bay 2 Warning).
 /// DGX drives: its ten NVMe devices under SimpleStorage (controller 2's five are the BMC's
 /// virtual media, not disks). `None` for drives would mean "not compared".
@@ -543,7 +544,7 @@ fn truth() -> Vec<Truth> {
             "vendor/nvidia-viking",
             Some(1950.0),
             Some(22.0),
-            Some(55.0),
+            Some(31.0),
             36,
             6,
             Some(10),
@@ -554,7 +555,7 @@ fn truth() -> Vec<Truth> {
             "vendor/supermicro",
             Some(2161.0),
             Some(21.0),
-            Some(45.0),
+            Some(29.0),
             6,
             8,
             Some(8),

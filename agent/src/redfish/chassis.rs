@@ -99,11 +99,41 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         .buffered(CHASSIS_IN_FLIGHT)
         .collect()
         .await;
+    // A chassis inside one whose legacy Thermal/Power was read is covered by it (a DGX's
+    // CPU board repeats the DGX's 120 temperatures as Sensors): only its own gaps are fetched.
+    let all: Vec<&ChassisSample> = read
+        .iter()
+        .filter_map(|(p, _, _)| p.chassis.first())
+        .collect();
+    let covered = |c: &ChassisSample, has: &dyn Fn(&ChassisSample) -> bool| {
+        let mut parent = c.contained_by.clone();
+        for _ in 0..16 {
+            let Some(id) = parent.take() else {
+                return false;
+            };
+            let Some(p) = all.iter().find(|x| x.key() == id && x.key() != c.key()) else {
+                return false;
+            };
+            if has(p) {
+                return true;
+            }
+            parent.clone_from(&p.contained_by);
+        }
+        false
+    };
     let mut wanted = Vec::new();
-    for (i, (_, links, needs)) in read.iter().enumerate() {
+    for (i, (part, links, needs)) in read.iter().enumerate() {
+        let mut needs = *needs;
+        if let Some(c) = part.chassis.first() {
+            needs.temperatures &= !covered(c, &|p| !p.temperatures.is_empty());
+            needs.fans &= !covered(c, &|p| !p.fans.is_empty());
+            needs.power &= !covered(c, &|p| {
+                p.power_control_watts.is_some() || p.environment_watts.is_some()
+            });
+        }
         for link in links {
-            if worth_fetching(&link.odata_id().to_string(), *needs) {
-                wanted.push((i, *needs, link));
+            if worth_fetching(&link.odata_id().to_string(), needs) {
+                wanted.push((i, needs, link));
             }
         }
     }
