@@ -1,7 +1,7 @@
-//! BMC polling fan-out: `cargo bench -p sovereign-agent --bench fanout [-- --bmcs 1000 --latency-ms 3000]`.
+//! BMC polling fan-out: `cargo bench -p sovereign-agent --bench fanout [-- --bmcs 1000 --latency-ms 3000 --dgx-percent 10 --dgx-latency-ms 3000]`.
 //!
-//! Starts N simulated BMCs on loopback (the DMTF rack-mount tree), every request answered after
-//! the given latency, and runs one poll cycle of the collector over all of them with a 55 s
+//! Starts N simulated BMCs on loopback (the DMTF rack-mount tree; a share serving the NVIDIA
+//! DGX H100 capture), every request answered after the given latency, and runs one poll cycle of the collector over all of them with a 55 s
 //! per-BMC deadline. Prints the cycle time, successes, per-BMC poll time percentiles, requests,
 //! and the process's CPU time and peak RSS (simulated BMCs included: one process, 2 cores).
 
@@ -85,18 +85,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let tree = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/redfish-mockups/dmtf/public-rackmount1");
+    let mockups = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups");
+    let tree = mockups.join("dmtf/public-rackmount1");
+    // A share of GPU servers: the DGX H100 capture (48 chassis, ~390 requests a poll).
+    let dgx_tree = mockups.join("vendor/nvidia-viking");
+    let dgx_percent = arg("--dgx-percent", 10);
+    let dgx_latency = Duration::from_millis(arg(
+        "--dgx-latency-ms",
+        u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+    ));
+    let is_dgx = |i: u64| i * 100 < dgx_percent * n;
     let requests = Arc::new(AtomicU64::new(0));
     let mut servers = Vec::new();
     let mut targets = Vec::new();
     for i in 0..n {
-        let mut bmc = MockBmc::new(&tree);
-        bmc.latency = latency;
+        let mut bmc = MockBmc::new(if is_dgx(i) { &dgx_tree } else { &tree });
+        bmc.latency = if is_dgx(i) { dgx_latency } else { latency };
         bmc.requests = requests.clone();
         let s = mockbmc::start(bmc).await?;
         targets.push((
-            format!("bmc-{i:04}"),
+            format!("{}-{i:04}", if is_dgx(i) { "dgx" } else { "bmc" }),
             Endpoint {
                 address: s.url(),
                 username: "root".into(),
@@ -114,8 +122,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..PollConfig::default()
     };
     let mut fleet = Fleet::new(targets, config);
+    let dgx = (0..n).filter(|i| is_dgx(*i)).count();
     println!(
-        "fan-out: {n} BMCs, {} ms per request, concurrency {concurrency}",
+        "fan-out: {n} BMCs ({dgx} DGX H100 at {} ms per request, the rest DMTF rack servers at {} ms), concurrency {concurrency}",
+        dgx_latency.as_millis(),
         latency.as_millis()
     );
     // Cycle 1 logs in to every BMC's SessionService; cycle 2 is the steady state (session reused).
@@ -159,6 +169,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu1 - cpu0,
             rss as f64 / 1024.0
         );
+        for kind in ["dgx", "bmc"] {
+            let mine: Vec<_> = report
+                .outcomes
+                .iter()
+                .filter(|o| o.name.starts_with(kind))
+                .collect();
+            let mut t: Vec<Duration> = mine.iter().map(|o| o.elapsed).collect();
+            t.sort();
+            println!(
+                "    {kind}: OK {}/{}, poll p50 {:.1} s, max {:.1} s",
+                mine.iter().filter(|o| o.result.is_ok()).count(),
+                mine.len(),
+                pct(&t, 0.5),
+                t.last().map_or(0.0, Duration::as_secs_f64)
+            );
+        }
         for o in report.outcomes.iter().filter(|o| o.result.is_err()).take(3) {
             if let Err(e) = &o.result {
                 println!("    e.g. {}: {e}", o.name);

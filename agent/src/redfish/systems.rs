@@ -1,9 +1,13 @@
 //! Systems: inventory, drives and GPUs.
 
+use futures::StreamExt as _;
 use nv_redfish::ServiceRoot;
 use nv_redfish::computer_system::ComputerSystem;
 use nv_redfish::core::{Bmc, ODataId};
 use serde_json::Value;
+
+/// Members of a collection fetched at once.
+const MEMBERS_IN_FLIGHT: usize = 4;
 
 use super::{
     BmcSample, DriveSample, GpuSample, Health, Nav, SystemSample, conditions, fail, name_of, opt,
@@ -37,7 +41,6 @@ pub(super) async fn systems<B: Bmc + 'static>(
     sample: &mut BmcSample,
 ) {
     for system in members {
-        let drives_before = sample.drives.len();
         let raw = system.raw();
         let (health, health_rollup) = Health::of(raw.status.as_ref());
         let ps = raw.processor_summary.as_ref();
@@ -69,71 +72,118 @@ pub(super) async fn systems<B: Bmc + 'static>(
                 })
                 .unwrap_or_default(),
         });
-        // GPUs are processors of type GPU (on DGX/HGX under a baseboard system of their own).
-        match system.processors().await {
-            Ok(Some(processors)) => {
-                for p in processors {
-                    let r = p.raw();
-                    let kind = r
-                        .processor_type
-                        .as_ref()
-                        .and_then(Option::as_ref)
-                        .map(name_of);
-                    if kind.as_deref() != Some("Gpu") && kind.as_deref() != Some("GPU") {
-                        continue;
-                    }
-                    sample.gpus.push(GpuSample {
-                        id: r.id.clone(),
-                        model: opt(r.model.as_ref()),
-                        health: Health::of(r.status.as_ref()).0,
-                        chassis: r
-                            .links
-                            .as_ref()
-                            .and_then(|l| l.chassis.as_ref())
-                            .map(|nav| super::last_segment(&nav.id().to_string())),
-                    });
-                }
-            }
-            Ok(None) => {}
-            Err(e) => fail(sample, format!("Systems/{}/Processors", raw.id), &e),
+        // GPUs and drives are independent chains of requests: read at once (slow BMCs).
+        let (mut gpu_part, mut drive_part) = (BmcSample::default(), BmcSample::default());
+        tokio::join!(
+            gpus(system, bmc, &mut gpu_part),
+            drives(system, bmc, &mut drive_part),
+        );
+        for part in [gpu_part, drive_part] {
+            sample.gpus.extend(part.gpus);
+            sample.drives.extend(part.drives);
+            sample.errors.extend(part.errors);
         }
-        let section = format!("Systems/{}/Storage", raw.id);
-        let storages = match system.storage_controllers().await {
-            Ok(s) => s.unwrap_or_default(),
+    }
+}
+
+/// GPUs are processors of type GPU (on DGX/HGX under a baseboard system of their own). The
+/// members are fetched at once, not one after another: on a slow BMC the chain of requests is
+/// the poll's time.
+async fn gpus<B: Bmc + 'static>(system: &ComputerSystem<B>, bmc: &B, sample: &mut BmcSample) {
+    use nv_redfish::schema::processor::Processor;
+    let raw = system.raw();
+    let Some(link) = raw.processors.as_ref() else {
+        return;
+    };
+    let section = format!("Systems/{}/Processors", raw.id);
+    let list = match bmc.get::<Doc>(link.id()).await {
+        Ok(l) => l,
+        Err(e) => return fail(sample, section, &Nav(&e)),
+    };
+    let requests: Vec<_> = list
+        .members
+        .iter()
+        .filter_map(|m| m.get("@odata.id").and_then(Value::as_str))
+        .map(|uri| {
+            let uri = ODataId::from(uri.to_owned());
+            async move { bmc.get::<Processor>(&uri).await }
+        })
+        .collect();
+    let mut found: Vec<GpuSample> = Vec::new();
+    let fetched: Vec<_> = futures::stream::iter(requests)
+        .buffer_unordered(MEMBERS_IN_FLIGHT)
+        .collect()
+        .await;
+    for result in fetched {
+        let r = match result {
+            Ok(r) => r,
             Err(e) => {
-                fail(sample, section, &e);
+                fail(sample, section.clone(), &Nav(&e));
                 continue;
             }
         };
-        for storage in storages {
-            match storage.drives().await {
-                Ok(drives) => {
-                    for d in drives.unwrap_or_default() {
-                        let r = d.raw();
-                        let encryption = opt(r.encryption_ability.as_ref()).map(|e| name_of(&e));
-                        sample.drives.push(DriveSample {
-                            id: r.id.clone(),
-                            model: opt(r.model.as_ref()),
-                            media_type: opt(r.media_type.as_ref()).map(|m| name_of(&m)),
-                            protocol: opt(r.protocol.as_ref()).map(|p| name_of(&p)),
-                            capacity_bytes: opt(r.capacity_bytes.as_ref())
-                                .and_then(|b| u64::try_from(b).ok()),
-                            health: Health::of(r.status.as_ref()).0,
-                            failure_predicted: opt(r.failure_predicted.as_ref()).unwrap_or(false),
-                            life_left_percent: opt(r.predicted_media_life_left_percent.as_ref()),
-                            encryption_capable: encryption.is_some_and(|e| e != "None"),
-                        });
-                    }
+        let kind = r
+            .processor_type
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(name_of);
+        if kind.as_deref() != Some("Gpu") && kind.as_deref() != Some("GPU") {
+            continue;
+        }
+        found.push(GpuSample {
+            id: r.id.clone(),
+            model: opt(r.model.as_ref()),
+            health: Health::of(r.status.as_ref()).0,
+            chassis: r
+                .links
+                .as_ref()
+                .and_then(|l| l.chassis.as_ref())
+                .map(|nav| super::last_segment(&nav.id().to_string())),
+        });
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    sample.gpus.extend(found);
+}
+
+/// Drives from Storage; from SimpleStorage when Storage lists none.
+async fn drives<B: Bmc + 'static>(system: &ComputerSystem<B>, bmc: &B, sample: &mut BmcSample) {
+    let raw = system.raw();
+    let section = format!("Systems/{}/Storage", raw.id);
+    let storages = match system.storage_controllers().await {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            fail(sample, section.clone(), &e);
+            Vec::new()
+        }
+    };
+    for storage in storages {
+        match storage.drives().await {
+            Ok(drives) => {
+                for d in drives.unwrap_or_default() {
+                    let r = d.raw();
+                    let encryption = opt(r.encryption_ability.as_ref()).map(|e| name_of(&e));
+                    sample.drives.push(DriveSample {
+                        id: r.id.clone(),
+                        model: opt(r.model.as_ref()),
+                        media_type: opt(r.media_type.as_ref()).map(|m| name_of(&m)),
+                        protocol: opt(r.protocol.as_ref()).map(|p| name_of(&p)),
+                        capacity_bytes: opt(r.capacity_bytes.as_ref())
+                            .and_then(|b| u64::try_from(b).ok()),
+                        health: Health::of(r.status.as_ref()).0,
+                        failure_predicted: opt(r.failure_predicted.as_ref()).unwrap_or(false),
+                        life_left_percent: opt(r.predicted_media_life_left_percent.as_ref()),
+                        encryption_capable: encryption.is_some_and(|e| e != "None"),
+                    });
                 }
-                Err(e) => fail(sample, section.clone(), &e),
             }
+            Err(e) => fail(sample, section.clone(), &e),
         }
-        // DGX and other AMI BMCs list their NVMe drives only under SimpleStorage.
-        if sample.drives.len() == drives_before
-            && let Some(link) = raw.simple_storage.as_ref()
-        {
-            simple_storage(bmc, &raw.id, link.odata_id.clone(), sample).await;
-        }
+    }
+    // DGX and other AMI BMCs list their NVMe drives only under SimpleStorage.
+    if sample.drives.is_empty()
+        && let Some(link) = raw.simple_storage.as_ref()
+    {
+        simple_storage(bmc, &raw.id, link.odata_id.clone(), sample).await;
     }
 }
 

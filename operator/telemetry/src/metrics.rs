@@ -20,6 +20,15 @@ pub struct Placement {
     pub site: String,
 }
 
+/// One GPU of a server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GpuAt {
+    server: String,
+    rack: String,
+    site: String,
+    gpu: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Failed {
     server: String,
@@ -173,6 +182,10 @@ pub struct Metrics {
     /// One family per [`Metric`], in `Metric::ALL` order (BmcUnreadable's stays empty).
     families: Vec<Family<Placement, FloatGauge>>,
     bmc_failure: Family<Failed, FloatGauge>,
+    gpu_power: Family<GpuAt, FloatGauge>,
+    gpu_temperature: Family<GpuAt, FloatGauge>,
+    /// GPU series per server, to remove them when the server's GPUs change or it goes.
+    gpus: std::sync::Mutex<std::collections::HashMap<String, Vec<GpuAt>>>,
 }
 
 impl Default for Metrics {
@@ -198,10 +211,59 @@ impl Metrics {
                 registry.register(m.name(), m.help(), f.clone());
             }
         }
+        let gpu_power = Family::<GpuAt, FloatGauge>::default();
+        let gpu_temperature = Family::<GpuAt, FloatGauge>::default();
+        registry.register(
+            "gpu_power_watts",
+            "Power one GPU draws, from the BMC",
+            gpu_power.clone(),
+        );
+        registry.register(
+            "gpu_temperature_celsius",
+            "Temperature of one GPU, from the BMC",
+            gpu_temperature.clone(),
+        );
         Self {
             registry,
             families,
             bmc_failure,
+            gpu_power,
+            gpu_temperature,
+            gpus: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Replaces a server's GPU series with those of a BMC summary.
+    fn observe_gpus(&self, sample: &Sample, at: &Placement) {
+        let mut known = self
+            .gpus
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for old in known.remove(&at.server).unwrap_or_default() {
+            self.gpu_power.remove(&old);
+            self.gpu_temperature.remove(&old);
+        }
+        let Some(Body::Bmc(b)) = &sample.body else {
+            return;
+        };
+        let mut now = Vec::new();
+        for g in &b.gpus {
+            let key = GpuAt {
+                server: at.server.clone(),
+                rack: at.rack.clone(),
+                site: at.site.clone(),
+                gpu: g.id.clone(),
+            };
+            if let Some(w) = g.power_watts {
+                self.gpu_power.get_or_create(&key).set(w);
+            }
+            if let Some(c) = g.temperature_celsius {
+                self.gpu_temperature.get_or_create(&key).set(c);
+            }
+            now.push(key);
+        }
+        if !now.is_empty() {
+            known.insert(at.server.clone(), now);
         }
     }
 
@@ -216,6 +278,7 @@ impl Metrics {
         }
         if source == Some(Source::Redfish) {
             self.bmc_failure.clear_matching(at);
+            self.observe_gpus(sample, at);
         }
         for reading in readings(sample) {
             match reading.class {
@@ -242,6 +305,13 @@ impl Metrics {
         for f in &self.families {
             f.remove(at);
         }
+        self.observe_gpus(
+            &Sample {
+                server: at.server.clone(),
+                ..Sample::default()
+            },
+            at,
+        );
         self.bmc_failure.clear_matching(at);
     }
 
@@ -268,6 +338,7 @@ impl ClearMatching for Family<Failed, FloatGauge> {
             "BmcServerError",
             "BmcProtocolError",
             "BmcUnreachable",
+            "BmcTlsError",
             "BmcTimeout",
             "BmcConfigInvalid",
         ] {
@@ -334,5 +405,39 @@ mod tests {
         );
         m.forget(&at());
         assert!(!m.encode().contains("hn1-r01-s01"));
+    }
+
+    #[test]
+    fn gpus_are_series_of_their_own_and_go_with_them() {
+        use crate::proto::Gpu;
+        let m = Metrics::new();
+        let gpu = |id: &str, w: f64| Gpu {
+            id: id.into(),
+            power_watts: Some(w),
+            temperature_celsius: Some(30.0),
+            ..Gpu::default()
+        };
+        let sample = |gpus: Vec<Gpu>| Sample {
+            server: "dgx-01".into(),
+            source: Source::Redfish as i32,
+            body: Some(Body::Bmc(BmcSummary {
+                gpus,
+                ..BmcSummary::default()
+            })),
+            ..Sample::default()
+        };
+        m.observe(
+            &sample(vec![gpu("GPU_SXM_1", 71.7), gpu("GPU_SXM_2", 73.8)]),
+            &at(),
+        );
+        let text = m.encode();
+        assert!(text.contains(r#"sovereign_gpu_power_watts{server="hn1-r01-s01",rack="hn1-r01",site="hn1",gpu="GPU_SXM_2"} 73.8"#), "{text}");
+        // A GPU the BMC no longer lists loses its series.
+        m.observe(&sample(vec![gpu("GPU_SXM_1", 70.0)]), &at());
+        let text = m.encode();
+        assert!(!text.contains("GPU_SXM_2"), "{text}");
+        assert!(text.contains(r#"gpu="GPU_SXM_1"} 70.0"#), "{text}");
+        m.forget(&at());
+        assert!(!m.encode().contains("GPU_SXM_1"));
     }
 }
