@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crds;
 pub mod inventory;
 pub mod plan;
+pub mod plugin;
 pub mod runtime;
 pub mod telemetry;
 
