@@ -61,10 +61,15 @@ fn every_binary_has_a_distroless_non_root_image_without_a_shell() {
             "{target}: {base}"
         );
         assert!(
-            lines.iter().all(|l| !l.to_ascii_uppercase().starts_with("RUN")),
+            lines
+                .iter()
+                .all(|l| !l.to_ascii_uppercase().starts_with("RUN")),
             "{target}: a runtime stage runs nothing (there is no shell): {lines:?}"
         );
-        assert!(lines.contains(&"USER 65532:65532".to_owned()), "{target}: {lines:?}");
+        assert!(
+            lines.contains(&"USER 65532:65532".to_owned()),
+            "{target}: {lines:?}"
+        );
         assert!(
             lines.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")),
             "{target}: exec-form entrypoint to {binary}: {lines:?}"
@@ -77,7 +82,10 @@ fn every_binary_has_a_distroless_non_root_image_without_a_shell() {
             "{target}: {lines:?}"
         );
         let build = &stages["build"].1.join(" ");
-        assert!(build.contains(&format!("--bin {binary}")), "build stage builds {binary}");
+        assert!(
+            build.contains(&format!("--bin {binary}")),
+            "build stage builds {binary}"
+        );
     }
 }
 

@@ -209,6 +209,13 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         .collect();
     let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
     let status = decided.status.clone();
+    ctx.metrics.rack(
+        &name,
+        &rack.spec.site,
+        status.power_watts.map(f64::from),
+        f64::from(rack.spec.power_budget_watts),
+        status.inlet_celsius,
+    );
     write_rollup::<Rack, _>(
         &ctx,
         &mut guard,
@@ -245,6 +252,11 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
     let mut status = decided.status.clone();
     // Allocations are the placement ledger's to write.
     status.allocated = None;
+    ctx.metrics.site(
+        &name,
+        status.capacity.as_ref(),
+        site.status.as_ref().and_then(|s| s.allocated.as_ref()),
+    );
     write_rollup::<Site, _>(
         &ctx,
         &mut guard,

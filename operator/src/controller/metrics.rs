@@ -33,6 +33,64 @@ struct WriteLabel {
     why: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RackLabel {
+    rack: String,
+    site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteClass {
+    site: String,
+    class: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// A resource set per class in base units (cores, bytes, GPUs), for the capacity gauges.
+fn classes(set: Option<&sovereign_crds::ResourceSet>) -> Vec<(&'static str, f64)> {
+    let Some(set) = set else {
+        return Vec::new();
+    };
+    #[allow(clippy::cast_precision_loss)] // capacities stay far below 2^53 in these units
+    let units = |q: Option<&sovereign_crds::Quantity>, milli: bool| {
+        q.and_then(|q| q.parse().ok()).and_then(|p| {
+            if milli {
+                p.to_milli().ok().map(|m| m as f64 / 1000.0)
+            } else {
+                p.to_units().ok().map(|u| u as f64)
+            }
+        })
+    };
+    let storage = set.storage.as_ref();
+    [
+        ("cpu_cores", units(set.cpu.as_ref(), true)),
+        ("memory_bytes", units(set.memory.as_ref(), false)),
+        ("gpus", set.gpus.map(f64::from)),
+        (
+            "nvme_bytes",
+            units(storage.and_then(|s| s.nvme.as_ref()), false),
+        ),
+        (
+            "ssd_bytes",
+            units(storage.and_then(|s| s.ssd.as_ref()), false),
+        ),
+        (
+            "hdd_bytes",
+            units(storage.and_then(|s| s.hdd.as_ref()), false),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(c, v)| v.map(|v| (c, v)))
+    .collect()
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
 }
@@ -47,6 +105,12 @@ pub struct ControllerMetrics {
     writes: Family<WriteLabel, Counter>,
     in_flight: Family<ControllerLabel, Gauge>,
     leader: Gauge,
+    rack_power: Family<RackLabel, FloatGauge>,
+    rack_budget: Family<RackLabel, FloatGauge>,
+    rack_inlet: Family<RackLabel, FloatGauge>,
+    site_capacity: Family<SiteClass, FloatGauge>,
+    site_allocated: Family<SiteClass, FloatGauge>,
+    decisions: Family<DecisionLabel, Counter>,
 }
 
 impl Default for ControllerMetrics {
@@ -97,6 +161,44 @@ impl ControllerMetrics {
             "1 while this replica holds the Lease",
             leader.clone(),
         );
+        // The fleet as the roll-ups see it, for dashboards: power against budget per rack,
+        // capacity and allocation per site (the ledger's).
+        let rack_power = Family::<RackLabel, FloatGauge>::default();
+        let rack_budget = Family::<RackLabel, FloatGauge>::default();
+        let rack_inlet = Family::<RackLabel, FloatGauge>::default();
+        let site_capacity = Family::<SiteClass, FloatGauge>::default();
+        let site_allocated = Family::<SiteClass, FloatGauge>::default();
+        registry.register(
+            "rack_power_watts",
+            "Measured power of a rack's servers",
+            rack_power.clone(),
+        );
+        registry.register(
+            "rack_power_budget_watts",
+            "A rack's power budget (spec)",
+            rack_budget.clone(),
+        );
+        registry.register(
+            "rack_inlet_celsius",
+            "Hottest inlet of a rack's servers",
+            rack_inlet.clone(),
+        );
+        registry.register(
+            "site_capacity",
+            "A site's schedulable capacity by class (cpu_cores, memory_bytes, gpus, nvme/ssd/hdd_bytes)",
+            site_capacity.clone(),
+        );
+        registry.register(
+            "site_allocated",
+            "What the placement ledger has allocated on a site, by class",
+            site_allocated.clone(),
+        );
+        let decisions = Family::<DecisionLabel, Counter>::default();
+        registry.register(
+            "placement_decisions",
+            "Placement decisions by kind and outcome (Placed, or the refusal's reason)",
+            decisions.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -105,6 +207,12 @@ impl ControllerMetrics {
             writes,
             in_flight,
             leader,
+            rack_power,
+            rack_budget,
+            rack_inlet,
+            site_capacity,
+            site_allocated,
+            decisions,
         }
     }
 
@@ -137,6 +245,64 @@ impl ControllerMetrics {
             .get_or_create(&WriteLabel {
                 kind: kind.to_owned(),
                 why: why.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A rack's roll-up, as gauges (absent readings remove their series).
+    pub fn rack(
+        &self,
+        rack: &str,
+        site: &str,
+        power: Option<f64>,
+        budget: f64,
+        inlet: Option<f64>,
+    ) {
+        let key = RackLabel {
+            rack: rack.to_owned(),
+            site: site.to_owned(),
+        };
+        self.rack_budget.get_or_create(&key).set(budget);
+        for (family, value) in [(&self.rack_power, power), (&self.rack_inlet, inlet)] {
+            match value {
+                Some(v) => {
+                    family.get_or_create(&key).set(v);
+                }
+                None => {
+                    family.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A site's capacity and allocation, as gauges per class.
+    pub fn site(
+        &self,
+        site: &str,
+        capacity: Option<&sovereign_crds::ResourceSet>,
+        allocated: Option<&sovereign_crds::ResourceSet>,
+    ) {
+        for (family, set) in [
+            (&self.site_capacity, capacity),
+            (&self.site_allocated, allocated),
+        ] {
+            for (class, value) in classes(set) {
+                family
+                    .get_or_create(&SiteClass {
+                        site: site.to_owned(),
+                        class: class.to_owned(),
+                    })
+                    .set(value);
+            }
+        }
+    }
+
+    /// One placement decision: `outcome` is `Placed` or the refusal's reason.
+    pub fn decision(&self, kind: &str, outcome: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabel {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

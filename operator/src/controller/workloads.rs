@@ -180,6 +180,10 @@ pub(super) fn ask(
     match ctx.ledger.place(ctx, w) {
         Ok(outcome) => {
             audit(kind, obj, tenant, &outcome);
+            ctx.metrics.decision(
+                kind,
+                outcome.as_ref().map_or_else(refusal_reason, |_| "Placed"),
+            );
             Ok(match outcome {
                 Ok(d) => Asked::Placed(d),
                 Err(r) => Asked::Refused {
@@ -188,10 +192,13 @@ pub(super) fn ask(
                 },
             })
         }
-        Err(LedgerError::Request(message)) => Ok(Asked::Refused {
-            reason: "InvalidRequest".into(),
-            message,
-        }),
+        Err(LedgerError::Request(message)) => {
+            ctx.metrics.decision(kind, "InvalidRequest");
+            Ok(Asked::Refused {
+                reason: "InvalidRequest".into(),
+                message,
+            })
+        }
         Err(e @ LedgerError::Inventory(_)) => Err(Error::Ledger(e.to_string())),
     }
 }
