@@ -328,10 +328,21 @@ pub fn why(objects: &Objects, reference: &str, namespace: &str) -> Result<Why, P
     let is = |meta: &kube::api::ObjectMeta| {
         meta.name.as_deref() == Some(name) && meta.namespace.as_deref() == Some(namespace)
     };
+    // The workload's label when set, else the Tenant that owns the namespace.
+    let owner = objects
+        .tenants
+        .iter()
+        .find(|t| {
+            let name = t.metadata.name.as_deref().unwrap_or_default();
+            t.spec.namespaces.iter().any(|n| n == namespace)
+                || (t.spec.namespaces.is_empty() && name == namespace)
+        })
+        .and_then(|t| t.metadata.name.clone());
     let tenant_of = |meta: &kube::api::ObjectMeta| {
         meta.labels
             .as_ref()
             .and_then(|l| l.get("sovereign.io/tenant").cloned())
+            .or_else(|| owner.clone())
     };
     match kind.to_ascii_lowercase().as_str() {
         "storagevolume" | "storagevolumes" | "sv" => {

@@ -156,6 +156,7 @@ async fn the_plugin_answers_top_capacity_and_why_from_the_cluster() {
     assert!(ok, "{err}");
     assert!(out.contains(&format!("{rack}-s1")), "{out}");
     assert!(out.contains("residency VN"), "{out}");
+    assert!(out.contains(&format!("(tenant {tenant})")), "{out}");
     let (ok, _, err) = plugin(&kubeconfig, &["why", "sv/nothing", "-n", &ns]);
     assert!(!ok && err.contains("not found"), "{err}");
 
