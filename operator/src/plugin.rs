@@ -435,6 +435,99 @@ pub fn render_why(w: &Why) -> String {
     out
 }
 
+/// One placement decision or refusal, as recorded on the workload (its `Placed` condition).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRow {
+    /// When the outcome last changed (RFC 3339).
+    pub at: String,
+    pub workload: String,
+    /// `placed` or `refused`.
+    pub outcome: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The latest placement decision of each of a tenant's workloads, newest first.
+pub fn audit(objects: &Objects, tenant: &str) -> Vec<AuditRow> {
+    let namespaces: Vec<String> = objects
+        .tenants
+        .iter()
+        .filter(|t| t.metadata.name.as_deref() == Some(tenant))
+        .flat_map(|t| {
+            if t.spec.namespaces.is_empty() {
+                vec![tenant.to_owned()]
+            } else {
+                t.spec.namespaces.clone()
+            }
+        })
+        .collect();
+    let mine = |meta: &kube::api::ObjectMeta| {
+        meta.namespace
+            .as_ref()
+            .is_some_and(|n| namespaces.contains(n))
+    };
+    let row = |kind: &str, meta: &kube::api::ObjectMeta, conditions: &[Condition]| {
+        condition(conditions, "Placed").map(|c| AuditRow {
+            at: c.last_transition_time.0.to_string(),
+            workload: format!(
+                "{kind}/{}/{}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            ),
+            outcome: if format!("{:?}", c.status) == "True" {
+                "placed".into()
+            } else {
+                "refused".into()
+            },
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+    };
+    let mut rows: Vec<AuditRow> = objects
+        .volumes
+        .iter()
+        .filter(|v| mine(&v.metadata))
+        .filter_map(|v| {
+            row(
+                "StorageVolume",
+                &v.metadata,
+                &v.status.clone().unwrap_or_default().conditions,
+            )
+        })
+        .chain(
+            objects
+                .instances
+                .iter()
+                .filter(|c| mine(&c.metadata))
+                .filter_map(|c| {
+                    row(
+                        "ComputeInstance",
+                        &c.metadata,
+                        &c.status.clone().unwrap_or_default().conditions,
+                    )
+                }),
+        )
+        .collect();
+    rows.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.workload.cmp(&b.workload)));
+    rows
+}
+
+/// `audit` as a table.
+pub fn render_audit(rows: &[AuditRow]) -> String {
+    let mut t = table(&["AT", "WORKLOAD", "OUTCOME", "REASON", "MESSAGE"]);
+    for r in rows {
+        t.add_row(vec![
+            r.at.clone(),
+            r.workload.clone(),
+            r.outcome.clone(),
+            r.reason.clone(),
+            r.message.clone(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

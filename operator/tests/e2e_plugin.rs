@@ -157,6 +157,12 @@ async fn the_plugin_answers_top_capacity_and_why_from_the_cluster() {
     assert!(out.contains(&format!("{rack}-s1")), "{out}");
     assert!(out.contains("residency VN"), "{out}");
     assert!(out.contains(&format!("(tenant {tenant})")), "{out}");
+    let (ok, out, err) = plugin(&kubeconfig, &["audit", "--tenant", &tenant]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("StorageVolume/{ns}/db")) && out.contains("placed"),
+        "{out}"
+    );
     let (ok, _, err) = plugin(&kubeconfig, &["why", "sv/nothing", "-n", &ns]);
     assert!(!ok && err.contains("not found"), "{err}");
 

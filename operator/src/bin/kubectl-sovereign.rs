@@ -37,6 +37,11 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// A tenant's placement decisions and refusals, newest first (each workload's latest).
+    Audit {
+        #[arg(long)]
+        tenant: String,
+    },
     /// What-if: place the workloads in these files against the live inventory (nothing is
     /// written), printed like the offline `sovereign-operator plan`.
     Plan {
@@ -135,6 +140,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let w = plugin::why(&objects, &reference, &namespace)?;
             print(cli.output, &w, || plugin::render_why(&w))
+        }
+        Command::Audit { tenant } => {
+            let rows = plugin::audit(&objects, &tenant);
+            print(cli.output, &rows, || plugin::render_audit(&rows))
         }
         Command::Plan { files, strategy } => {
             let requested = plan::load(&files)?;
