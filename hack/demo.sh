@@ -57,9 +57,12 @@ start() { # name, command... : runs in the background, logs to $STATE/NAME.log, 
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-say "building (debug; fast after the test command has built the workspace)"
-cargo build -q -p sovereign-operator -p sovereign-agent -p sovereign-node-agent --bins
-cargo build -q -p sovereign-agent --example mock-bmc
+# SOVEREIGN_DEMO_NO_BUILD=1 uses the binaries `cargo test --workspace` just built (CI does).
+if [ -z "${SOVEREIGN_DEMO_NO_BUILD:-}" ]; then
+  say "building (debug)"
+  cargo build -q -p sovereign-operator -p sovereign-agent -p sovereign-node-agent --bins
+  cargo build -q -p sovereign-agent --example mock-bmc
+fi
 BIN=$ROOT/target/debug
 
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && command -v kind >/dev/null 2>&1; then
