@@ -448,6 +448,7 @@ pub async fn run(
             options.moves_per_minute,
         )),
         recorder: Recorder::new(client.clone(), controller::reporter()),
+        written: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
         leader: leadership,

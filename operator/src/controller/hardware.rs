@@ -157,8 +157,15 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
             .into_iter()
             .find(|s| s.source == Source::Os as i32)
     });
+    // The store may not show our last write yet: decide against what was written.
+    let version = server.metadata.resource_version.as_deref();
+    let effective = ctx.written.pending(&name, version).map(|written| {
+        let mut s = (*server).clone();
+        s.status = Some(written);
+        s
+    });
     let decision = server_status::decide(
-        &server,
+        effective.as_ref().unwrap_or(&server),
         Observed {
             bmc: bmc.as_ref(),
             os: os.as_ref(),
@@ -182,6 +189,7 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
     if let Some(why) = decision.write {
         let status = decision.status;
         patch_status::<Server, _>(&ctx, "Server", &name, &status).await?;
+        ctx.written.record(&name, version, &status);
         ctx.metrics.write("Server", why);
         guard.result("written");
         for t in &decision.transitions {

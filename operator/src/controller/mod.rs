@@ -178,6 +178,53 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     pub policy: StatusPolicy,
     pub leader: Leadership,
+    /// Server statuses this process wrote that its store has not shown yet.
+    pub written: Arc<WrittenStatus>,
+}
+
+/// The status last written per server, keyed by the resourceVersion the object had before the
+/// write. Until the store shows a newer version, decisions compare against what was written,
+/// not the store's stale copy: otherwise a sample arriving in that window writes the same
+/// "first status" or condition change again (the fleet bench counted 1,570 first statuses for
+/// 1,000 servers). An entry lives only for the store's lag.
+#[derive(Debug, Default)]
+pub struct WrittenStatus(
+    std::sync::Mutex<std::collections::HashMap<String, (String, sovereign_crds::ServerStatus)>>,
+);
+
+impl WrittenStatus {
+    /// What to decide against: the written status while the store still shows the version the
+    /// write replaced, else nothing (the store is current; its entry is dropped).
+    pub fn pending(
+        &self,
+        name: &str,
+        store_version: Option<&str>,
+    ) -> Option<sovereign_crds::ServerStatus> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(name) {
+            Some((before, status)) if Some(before.as_str()) == store_version => {
+                Some(status.clone())
+            }
+            Some(_) => {
+                map.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records a status written over the object at `before` (its resourceVersion then).
+    pub fn record(&self, name: &str, before: Option<&str>, status: &sovereign_crds::ServerStatus) {
+        if let Some(before) = before {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned(), (before.to_owned(), status.clone()));
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -204,4 +251,26 @@ pub fn backoff(error: &Error) -> Action {
         return Action::requeue(Duration::from_millis(200 + fastrand::u64(0..300)));
     }
     Action::requeue(Duration::from_millis(5_000 + fastrand::u64(0..5_000)))
+}
+
+#[cfg(test)]
+mod written_tests {
+    use super::WrittenStatus;
+    use sovereign_crds::{Health, ServerStatus};
+
+    #[test]
+    fn a_write_stands_in_for_the_store_until_the_store_shows_it() {
+        let w = WrittenStatus::default();
+        let status = ServerStatus {
+            health: Health::Ok,
+            ..ServerStatus::default()
+        };
+        w.record("s1", Some("100"), &status);
+        // The store still has the version our write replaced: decide against the write.
+        assert_eq!(w.pending("s1", Some("100")), Some(status.clone()));
+        // The store caught up (a newer version): the store wins, and the entry is gone.
+        assert_eq!(w.pending("s1", Some("101")), None);
+        assert_eq!(w.pending("s1", Some("100")), None);
+        assert_eq!(w.pending("other", Some("1")), None);
+    }
 }
