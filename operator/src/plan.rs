@@ -379,6 +379,30 @@ pub fn plan(objects: &Objects, opts: &Options) -> Result<Report, PlanError> {
 }
 
 /// The report as tables for people.
+/// The capacity rows as a table (also `kubectl sovereign capacity`'s).
+pub fn capacity_table(rows: &[CapacityRow]) -> Table {
+    let mut c = Table::new();
+    c.load_preset(UTF8_BORDERS_ONLY);
+    c.set_header([
+        "SITE", "RACK", "SERVERS", "CPU", "MEMORY", "GPUS", "NVME", "SSD", "HDD", "POWER W",
+    ]);
+    for r in rows {
+        c.add_row([
+            r.site.clone(),
+            r.rack.clone().unwrap_or_else(|| "(site)".into()),
+            format!("{}/{}", r.schedulable_servers, r.servers),
+            r.cpu.clone(),
+            r.memory.clone(),
+            r.gpus.clone(),
+            r.nvme.clone(),
+            r.ssd.clone(),
+            r.hdd.clone(),
+            r.power_watts.clone().unwrap_or_default(),
+        ]);
+    }
+    c
+}
+
 pub fn render_table(report: &Report) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
@@ -409,25 +433,7 @@ pub fn render_table(report: &Report) -> String {
             },
         ]);
     }
-    let mut c = Table::new();
-    c.load_preset(UTF8_BORDERS_ONLY);
-    c.set_header([
-        "SITE", "RACK", "SERVERS", "CPU", "MEMORY", "GPUS", "NVME", "SSD", "HDD", "POWER W",
-    ]);
-    for r in &report.capacity {
-        c.add_row([
-            r.site.clone(),
-            r.rack.clone().unwrap_or_else(|| "(site)".into()),
-            format!("{}/{}", r.schedulable_servers, r.servers),
-            r.cpu.clone(),
-            r.memory.clone(),
-            r.gpus.clone(),
-            r.nvme.clone(),
-            r.ssd.clone(),
-            r.hdd.clone(),
-            r.power_watts.clone().unwrap_or_default(),
-        ]);
-    }
+    let c = capacity_table(&report.capacity);
     format!(
         "Placement ({:?} strategy)\n{t}\n\nCapacity (used/capacity after reservations; SERVERS = schedulable/total)\n{c}\n",
         report.strategy

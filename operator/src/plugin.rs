@@ -267,23 +267,7 @@ pub fn capacity(objects: &Objects) -> Result<Report, PluginError> {
 
 /// The capacity part of a plan report.
 pub fn render_capacity(report: &Report) -> String {
-    let mut t = table(&[
-        "SITE", "RACK", "SERVERS", "CPU", "MEMORY", "GPUS", "NVME", "SSD", "HDD", "POWER W",
-    ]);
-    for r in &report.capacity {
-        t.add_row(vec![
-            r.site.clone(),
-            r.rack.clone().unwrap_or_else(|| "(site)".into()),
-            format!("{}/{}", r.schedulable_servers, r.servers),
-            r.cpu.clone(),
-            r.memory.clone(),
-            r.gpus.clone(),
-            r.nvme.clone(),
-            r.ssd.clone(),
-            r.hdd.clone(),
-            r.power_watts.clone().unwrap_or_default(),
-        ]);
-    }
+    let t = plan::capacity_table(&report.capacity);
     format!(
         "Capacity (used/capacity after reservations; SERVERS = schedulable/total; POWER W = measured/budget)\n{t}\n"
     )
