@@ -4,7 +4,9 @@
 //! RSS, and how long a health change takes to show in `status` (p50/p99).
 //!
 //! `cargo bench -p sovereign-operator --bench fleet -- [--servers 1000] [--minutes 10]
-//!  [--interval-seconds 15] [--flips-every-ms 2000]`
+//!  [--interval-seconds 15] [--flips-every-ms 2000] [--warmup-minutes 1]`
+//!
+//! The operator runs with `MALLOC_ARENA_MAX=2`, as the chart and the image run it.
 //!
 //! Not a test: it takes minutes and reports figures.
 
@@ -97,6 +99,7 @@ async fn main() {
     let minutes = arg("--minutes", 10);
     let interval = Duration::from_secs(arg("--interval-seconds", 15));
     let flip_every = Duration::from_millis(arg("--flips-every-ms", 2000));
+    let warmup = Duration::from_mins(arg("--warmup-minutes", 1));
     let Some(cluster) = cluster("fleet bench").await else {
         return;
     };
@@ -171,6 +174,7 @@ async fn main() {
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("RUST_LOG", "warn"),
+            ("MALLOC_ARENA_MAX", "2"),
         ],
     );
     let pid = operator.pid();
@@ -232,7 +236,7 @@ async fn main() {
     let mut next_flip = Instant::now() + Duration::from_secs(30);
     let mut flip_i = 0usize;
     let mut peak = (0, 0);
-    let end = start + Duration::from_mins(minutes + 1);
+    let end = start + warmup + Duration::from_mins(minutes);
     let mut next_round = Instant::now();
     while Instant::now() < end {
         if Instant::now() >= next_round {
@@ -243,8 +247,8 @@ async fn main() {
             tick += 1;
             next_round += interval;
         }
-        // The first minute writes every server's first status: the budget counts after it.
-        if warm_mark.is_none() && start.elapsed() >= Duration::from_mins(1) {
+        // The warm-up writes every server's first status: the budget counts after it.
+        if warm_mark.is_none() && start.elapsed() >= warmup {
             warm_mark = Some((audit_mark(&audit), Instant::now()));
             eprintln!("warm-up done; counting writes for {minutes} min");
         }

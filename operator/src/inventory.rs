@@ -19,33 +19,49 @@ pub struct Summary {
     pub instances: usize,
 }
 
-async fn list<K>(client: &kube::Client) -> Result<Vec<K>, Error>
+/// Counts the objects of `K`, and those of them that `keep` accepts, a page at a time: a summary of a large fleet
+/// never holds the whole fleet (the allocator would keep that peak for the process's life).
+async fn count<K>(client: &kube::Client, keep: impl Fn(&K) -> bool) -> Result<(usize, usize), Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::all(client.clone());
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
-    Ok(api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Api {
-            context: format!("list {kind}"),
+    let mut params = ListParams::default().limit(PAGE);
+    let (mut n, mut kept) = (0, 0);
+    // Bounded: the API server ends the continuation; the cap only guards a misbehaving one.
+    for _ in 0..MAX_PAGES {
+        let page = api.list(&params).await.map_err(|source| Error::Api {
+            context: format!("list {}", K::kind(&K::DynamicType::default())),
             source,
-        })?
-        .items)
+        })?;
+        n += page.items.len();
+        kept += page.items.iter().filter(|o| keep(o)).count();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok((n, kept))
 }
+
+fn all<K>(_: &K) -> bool {
+    true
+}
+
+const PAGE: u32 = 250;
+const MAX_PAGES: usize = 100_000;
 
 /// Counts the Sovereign objects in the cluster.
 pub async fn summarise(client: &kube::Client) -> Result<Summary, Error> {
-    let servers: Vec<Server> = list(client).await?;
+    let (servers, servers_in_maintenance) = count::<Server>(client, |s| s.spec.maintenance).await?;
     Ok(Summary {
-        sites: list::<Site>(client).await?.len(),
-        racks: list::<Rack>(client).await?.len(),
-        servers_in_maintenance: servers.iter().filter(|s| s.spec.maintenance).count(),
-        servers: servers.len(),
-        tenants: list::<Tenant>(client).await?.len(),
-        volumes: list::<StorageVolume>(client).await?.len(),
-        instances: list::<ComputeInstance>(client).await?.len(),
+        sites: count::<Site>(client, all).await?.0,
+        racks: count::<Rack>(client, all).await?.0,
+        servers,
+        servers_in_maintenance,
+        tenants: count::<Tenant>(client, all).await?.0,
+        volumes: count::<StorageVolume>(client, all).await?.0,
+        instances: count::<ComputeInstance>(client, all).await?.0,
     })
 }

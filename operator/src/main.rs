@@ -90,6 +90,10 @@ enum Command {
         /// Replica moves off unschedulable servers per site and minute.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         moves_per_minute: u32,
+        /// Reconciles each controller runs at once (bounds API server load, connections and
+        /// memory on large fleets; a change still reaches every object, queued).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        reconcile_concurrency: u16,
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -245,6 +249,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             lease_duration_seconds,
             stale_after_seconds,
             moves_per_minute,
+            reconcile_concurrency,
             log_format: _,
         } => {
             let options = telemetry::TelemetryOptions {
@@ -296,6 +301,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     ..StatusPolicy::default()
                 },
                 moves_per_minute,
+                reconcile_concurrency,
             };
             runtime::run(
                 client,

@@ -15,10 +15,11 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
-use sovereign_telemetry::cluster::{mirror, mirror_trimmed};
+use sovereign_telemetry::cluster::{mirror_trimmed, shared_mirror};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -49,6 +50,35 @@ pub enum RunError {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
+    #[error("subscribing to the shared {kind} watch")]
+    SharedWatch { kind: &'static str },
+}
+
+/// A watch of `K` shared by `N` readers (managed fields trimmed, unreadable objects left out).
+fn shared<K, const N: usize>(
+    client: &kube::Client,
+    kind: &'static str,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Result<(Store<K>, [ReflectHandle<K>; N]), RunError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    shared_mirror(client.clone(), watcher::Config::default(), kind, trim)
+        .ok_or(RunError::SharedWatch { kind })
+}
+
+/// The shared watches' subscriptions the tenant controller reads.
+struct TenantInputs {
+    tenants: (Store<Tenant>, ReflectHandle<Tenant>),
+    namespaces: (Store<Namespace>, ReflectHandle<Namespace>),
+    volumes: ReflectHandle<StorageVolume>,
+    instances: ReflectHandle<ComputeInstance>,
 }
 
 /// Leader election settings.
@@ -73,6 +103,8 @@ pub struct RunOptions {
     /// Replica moves off unschedulable servers per site and minute (intrusion moves of
     /// Confidential and Secret data are never held).
     pub moves_per_minute: u32,
+    /// Reconciles each controller runs at once.
+    pub reconcile_concurrency: u16,
 }
 
 /// Server names the hub reports changed, as Server references (node agents publish under their
@@ -149,61 +181,51 @@ fn by_tenant_label<K: kube::Resource>(obj: &K) -> Option<ObjectRef<Tenant>> {
 
 fn tenant_controller(
     client: &kube::Client,
-    namespaces: &Store<Namespace>,
+    config: kube::runtime::controller::Config,
+    inputs: TenantInputs,
     lease_rx: Option<watch::Receiver<bool>>,
 ) -> Controller<Tenant> {
     let owned = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={}",
         crate::FIELD_MANAGER
     ));
+    let (tenants, tenant_events) = inputs.tenants;
+    let (namespaces, namespace_events) = inputs.namespaces;
     let ns_store = namespaces.clone();
-    Controller::new(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(50)))
-    .watches(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-        |n: Namespace| by_tenant_label(&n),
-    )
-    .watches(
-        Api::<ResourceQuota>::all(client.clone()),
-        owned.clone(),
-        |o: ResourceQuota| by_tenant_label(&o),
-    )
-    .watches(
-        Api::<NetworkPolicy>::all(client.clone()),
-        owned.clone(),
-        |o: NetworkPolicy| by_tenant_label(&o),
-    )
-    .watches(
-        Api::<RoleBinding>::all(client.clone()),
-        owned,
-        |o: RoleBinding| by_tenant_label(&o),
-    )
-    // Placements change the tenant's usage.
-    .watches(
-        Api::<ComputeInstance>::all(client.clone()),
-        watcher::Config::default(),
-        {
+    Controller::for_shared_stream(tenant_events, tenants)
+        .with_config(config)
+        .watches_shared_stream(namespace_events, |n: Arc<Namespace>| {
+            by_tenant_label(n.as_ref())
+        })
+        .watches(
+            Api::<ResourceQuota>::all(client.clone()),
+            owned.clone(),
+            |o: ResourceQuota| by_tenant_label(&o),
+        )
+        .watches(
+            Api::<NetworkPolicy>::all(client.clone()),
+            owned.clone(),
+            |o: NetworkPolicy| by_tenant_label(&o),
+        )
+        .watches(
+            Api::<RoleBinding>::all(client.clone()),
+            owned,
+            |o: RoleBinding| by_tenant_label(&o),
+        )
+        // Placements change the tenant's usage.
+        .watches_shared_stream(inputs.instances, {
             let ns_store = namespaces.clone();
-            move |c: ComputeInstance| {
+            move |c: Arc<ComputeInstance>| {
                 let ns = ns_store.get(&ObjectRef::new(c.metadata.namespace.as_deref()?))?;
                 by_tenant_label(ns.as_ref())
             }
-        },
-    )
-    // A volume going away may unblock its tenant's deletion.
-    .watches(
-        Api::<StorageVolume>::all(client.clone()),
-        watcher::Config::default(),
-        move |v: StorageVolume| {
+        })
+        // A volume going away may unblock its tenant's deletion.
+        .watches_shared_stream(inputs.volumes, move |v: Arc<StorageVolume>| {
             let ns = ns_store.get(&ObjectRef::new(v.metadata.namespace.as_deref()?))?;
             by_tenant_label(ns.as_ref())
-        },
-    )
-    .reconcile_all_on(on_leadership(lease_rx))
+        })
+        .reconcile_all_on(on_leadership(lease_rx))
 }
 
 /// Workloads with a replica on a server (to re-place them when it fails).
@@ -370,16 +392,19 @@ pub async fn run(
         metrics.set_leader(true);
     }
 
-    let servers = mirror(
-        Api::<Server>::all(client.clone()),
-        watcher::Config::default(),
-        "Server",
-    );
-    let racks = mirror(
-        Api::<Rack>::all(client.clone()),
-        watcher::Config::default(),
-        "Rack",
-    );
+    // One watch per kind, shared by every controller that reads it (a large fleet is held
+    // once); the subscriptions are named by their reader.
+    let (
+        servers,
+        [
+            server_events,
+            servers_to_racks,
+            servers_to_sites,
+            servers_to_volumes,
+            servers_to_instances,
+        ],
+    ) = shared::<Server, 5>(&client, "Server", |_| {})?;
+    let (racks, [rack_events, racks_to_sites]) = shared::<Rack, 2>(&client, "Rack", |_| {})?;
     let front = Front::start_with(
         client.clone(),
         options.telemetry.clone(),
@@ -387,35 +412,15 @@ pub async fn run(
         racks.clone(),
     )?;
     let hub = front.hub();
-    let sites = mirror(
-        Api::<Site>::all(client.clone()),
-        watcher::Config::default(),
-        "Site",
-    );
+    let (sites, [site_events]) = shared::<Site, 1>(&client, "Site", |_| {})?;
     let nodes = node_store(&client);
-    let namespaces = mirror_trimmed(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-        "Namespace",
-        |n: &mut Namespace| {
-            n.metadata.managed_fields = None;
-        },
-    );
-    let volumes = mirror(
-        Api::<StorageVolume>::all(client.clone()),
-        watcher::Config::default(),
-        "StorageVolume",
-    );
-    let instances = mirror(
-        Api::<ComputeInstance>::all(client.clone()),
-        watcher::Config::default(),
-        "ComputeInstance",
-    );
-    let tenants_store = mirror(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-        "Tenant",
-    );
+    let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
+    let (volumes, [volume_events, volumes_to_tenants]) =
+        shared::<StorageVolume, 2>(&client, "StorageVolume", |_| {})?;
+    let (instances, [instance_events, instances_to_tenants]) =
+        shared::<ComputeInstance, 2>(&client, "ComputeInstance", |_| {})?;
+    let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
+        shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
     let _ = tokio::join!(
         servers.wait_until_ready(),
         racks.wait_until_ready(),
@@ -449,6 +454,8 @@ pub async fn run(
         )),
         recorder: Recorder::new(client.clone(), controller::reporter()),
         written: Arc::default(),
+        written_racks: Arc::default(),
+        written_sites: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
         leader: leadership,
@@ -457,141 +464,122 @@ pub async fn run(
     tracing::info!("caches synced; controllers starting");
 
     let shutdown_signal = || stop.clone().cancelled_owned();
-    let config = kube::runtime::controller::Config::default().debounce(Duration::from_millis(50));
+    let config = kube::runtime::controller::Config::default()
+        .debounce(Duration::from_millis(50))
+        .concurrency(options.reconcile_concurrency);
     let managed = format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER);
-    let server_controller = Controller::new(
-        Api::<Server>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config.clone())
-    .reconcile_on(hub_triggers(&hub, servers.clone()))
-    .reconcile_all_on(on_leadership(lease_rx.clone()))
-    .graceful_shutdown_on(shutdown_signal())
-    .run(
-        hardware::reconcile_server,
-        hardware::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let rack_controller =
-        Controller::new(Api::<Rack>::all(client.clone()), watcher::Config::default())
-            .with_config(config.clone())
-            .watches(
-                Api::<Server>::all(client.clone()),
-                watcher::Config::default(),
-                |s: Server| Some(ObjectRef::new(&s.spec.rack)),
-            )
-            .reconcile_all_on(on_leadership(lease_rx.clone()))
-            .graceful_shutdown_on(shutdown_signal())
-            .run(
-                hardware::reconcile_rack,
-                hardware::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|_| async {});
-    let site_racks = racks.clone();
-    let site_controller =
-        Controller::new(Api::<Site>::all(client.clone()), watcher::Config::default())
-            .with_config(config.clone())
-            .watches(
-                Api::<Rack>::all(client.clone()),
-                watcher::Config::default(),
-                |r: Rack| Some(ObjectRef::new(&r.spec.site)),
-            )
-            .watches(
-                Api::<Server>::all(client.clone()),
-                watcher::Config::default(),
-                move |s: Server| {
-                    site_racks
-                        .get(&ObjectRef::new(&s.spec.rack))
-                        .map(|r| ObjectRef::new(&r.spec.site))
-                },
-            )
-            .reconcile_all_on(on_leadership(lease_rx.clone()))
-            .graceful_shutdown_on(shutdown_signal())
-            .run(
-                hardware::reconcile_site,
-                hardware::error_policy,
-                ctx.clone(),
-            )
-            .for_each(|_| async {});
-
-    let tenant_controller = tenant_controller(&client, &namespaces, lease_rx.clone())
+    let server_controller = Controller::for_shared_stream(server_events, servers.clone())
+        .with_config(config.clone())
+        .reconcile_on(hub_triggers(&hub, servers.clone()))
+        .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())
         .run(
-            tenants::reconcile_tenant,
+            hardware::reconcile_server,
+            hardware::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let rack_controller = Controller::for_shared_stream(rack_events, racks.clone())
+        .with_config(config.clone())
+        .watches_shared_stream(servers_to_racks, |s: Arc<Server>| {
+            Some(ObjectRef::new(&s.spec.rack))
+        })
+        .reconcile_all_on(on_leadership(lease_rx.clone()))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            hardware::reconcile_rack,
+            hardware::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let site_racks = racks.clone();
+    let site_controller = Controller::for_shared_stream(site_events, sites.clone())
+        .with_config(config.clone())
+        .watches_shared_stream(racks_to_sites, |r: Arc<Rack>| {
+            Some(ObjectRef::new(&r.spec.site))
+        })
+        .watches_shared_stream(servers_to_sites, move |s: Arc<Server>| {
+            site_racks
+                .get(&ObjectRef::new(&s.spec.rack))
+                .map(|r| ObjectRef::new(&r.spec.site))
+        })
+        .reconcile_all_on(on_leadership(lease_rx.clone()))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            hardware::reconcile_site,
             hardware::error_policy,
             ctx.clone(),
         )
         .for_each(|_| async {});
 
+    let tenant_controller = tenant_controller(
+        &client,
+        config.clone(),
+        TenantInputs {
+            tenants: (ctx.tenants.clone(), tenant_events),
+            namespaces: (namespaces.clone(), namespace_events),
+            volumes: volumes_to_tenants,
+            instances: instances_to_tenants,
+        },
+        lease_rx.clone(),
+    )
+    .graceful_shutdown_on(shutdown_signal())
+    .run(
+        tenants::reconcile_tenant,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+
     let volume_store = ctx.volumes.clone();
     let instance_store = ctx.instances.clone();
-    let volume_controller = Controller::new(
-        Api::<StorageVolume>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config.clone())
-    .owns(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        watcher::Config::default().labels(&managed),
-    )
-    // A server turning unschedulable wakes the volumes with a replica on it.
-    .watches(
-        Api::<Server>::all(client.clone()),
-        watcher::Config::default(),
-        move |s: Server| on_server(&volume_store, &s),
-    )
-    // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-    .watches(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-        {
+    let volume_controller = Controller::for_shared_stream(volume_events, volumes.clone())
+        .with_config(config.clone())
+        .owns(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+        )
+        // A server turning unschedulable wakes the volumes with a replica on it.
+        .watches_shared_stream(servers_to_volumes, move |s: Arc<Server>| {
+            on_server(&volume_store, &s)
+        })
+        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+        .watches_shared_stream(tenants_to_volumes, {
             let store = ctx.volumes.clone();
             let ns_store = ctx.namespaces.clone();
-            move |t: Tenant| of_tenant(&store, &ns_store, &t)
-        },
-    )
-    .reconcile_all_on(on_leadership(lease_rx.clone()))
-    .graceful_shutdown_on(shutdown_signal())
-    .run(
-        storage::reconcile_volume,
-        hardware::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let instance_controller = Controller::new(
-        Api::<ComputeInstance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(config)
-    .owns(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(&managed),
-    )
-    .watches(
-        Api::<Server>::all(client.clone()),
-        watcher::Config::default(),
-        move |s: Server| on_server(&instance_store, &s),
-    )
-    // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-    .watches(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-        {
+            move |t: Arc<Tenant>| of_tenant(&store, &ns_store, &t)
+        })
+        .reconcile_all_on(on_leadership(lease_rx.clone()))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            storage::reconcile_volume,
+            hardware::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let instance_controller = Controller::for_shared_stream(instance_events, instances.clone())
+        .with_config(config)
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+        )
+        .watches_shared_stream(servers_to_instances, move |s: Arc<Server>| {
+            on_server(&instance_store, &s)
+        })
+        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+        .watches_shared_stream(tenants_to_instances, {
             let store = ctx.instances.clone();
             let ns_store = ctx.namespaces.clone();
-            move |t: Tenant| of_tenant(&store, &ns_store, &t)
-        },
-    )
-    .reconcile_all_on(on_leadership(lease_rx.clone()))
-    .graceful_shutdown_on(shutdown_signal())
-    .run(
-        compute::reconcile_instance,
-        hardware::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+            move |t: Arc<Tenant>| of_tenant(&store, &ns_store, &t)
+        })
+        .reconcile_all_on(on_leadership(lease_rx.clone()))
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            compute::reconcile_instance,
+            hardware::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
     let front_stop = stop.clone();
     let front_task = {
@@ -632,4 +620,58 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
     front_result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::DeserializeGuard;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+    use sovereign_crds::Server;
+    use sovereign_telemetry::cluster::readable;
+
+    fn guard(name: &str, rack: &serde_json::Value) -> DeserializeGuard<Server> {
+        serde_json::from_value(json!({
+            "apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
+            "metadata": {"name": name},
+            "spec": {"rack": rack, "bmc": {"address": "https://10.0.0.1",
+                "credentialsSecretRef": {"name": "bmc", "namespace": "ns"}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_is_left_out_and_its_readable_siblings_kept() {
+        let (store, mut writer) = reflector::store::<Server>();
+        let events = [
+            Event::Init,
+            Event::InitApply(guard("good", &json!("r1"))),
+            Event::InitApply(guard("bad", &json!(["not", "a", "rack"]))),
+            Event::InitDone,
+        ];
+        for e in events {
+            if let Some(e) = readable(e, &store, "Server") {
+                writer.apply_watcher_event(&e);
+            }
+        }
+        let names: Vec<String> = store
+            .state()
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["good"]);
+
+        // An update that turns it unreadable removes it rather than keeping a stale copy.
+        let e = readable(Event::Apply(guard("good", &json!(7))), &store, "Server");
+        assert!(matches!(&e, Some(Event::Delete(s)) if s.metadata.name.as_deref() == Some("good")));
+        writer.apply_watcher_event(&e.unwrap());
+        assert!(store.is_empty());
+        // Deleting an object never seen readable changes nothing.
+        assert!(readable(Event::Delete(guard("bad", &json!(1))), &store, "Server").is_none());
+        // Fixed, it comes back.
+        let e = readable(Event::Apply(guard("good", &json!("r2"))), &store, "Server").unwrap();
+        writer.apply_watcher_event(&e);
+        assert_eq!(store.state()[0].spec.rack, "r2");
+    }
 }

@@ -17,7 +17,7 @@ use sovereign_telemetry::proto::Source;
 
 use super::conditions::Transition;
 use super::server_status::{self, Observed, TAINT_KEY, Taint};
-use super::{Context, Error, rollup};
+use super::{Context, Error, WrittenStatus, rollup};
 use crate::FIELD_MANAGER;
 
 /// Server-side applies `status` to the status subresource of a cluster-scoped object.
@@ -158,14 +158,10 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
             .find(|s| s.source == Source::Os as i32)
     });
     // The store may not show our last write yet: decide against what was written.
-    let version = server.metadata.resource_version.as_deref();
-    let effective = ctx.written.pending(&name, version).map(|written| {
-        let mut s = (*server).clone();
-        s.status = Some(written);
-        s
-    });
+    let version = server.metadata.resource_version.clone();
+    let effective = with_written(server.clone(), &ctx.written, |s| &mut s.status);
     let decision = server_status::decide(
-        effective.as_ref().unwrap_or(&server),
+        &effective,
         Observed {
             bmc: bmc.as_ref(),
             os: os.as_ref(),
@@ -189,7 +185,7 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
     if let Some(why) = decision.write {
         let status = decision.status;
         patch_status::<Server, _>(&ctx, "Server", &name, &status).await?;
-        ctx.written.record(&name, version, &status);
+        ctx.written.record(&name, version.as_deref(), &status);
         ctx.metrics.write("Server", why);
         guard.result("written");
         for t in &decision.transitions {
@@ -215,6 +211,8 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         .filter(|s| s.spec.rack == name)
         .map(AsRef::as_ref)
         .collect();
+    let version = rack.metadata.resource_version.clone();
+    let rack = with_written(rack, &ctx.written_racks, |r| &mut r.status);
     let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
     let status = decided.status.clone();
     ctx.metrics.rack(
@@ -224,7 +222,7 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         f64::from(rack.spec.power_budget_watts),
         status.inlet_celsius,
     );
-    write_rollup::<Rack, _>(
+    let action = write_rollup::<Rack, _>(
         &ctx,
         &mut guard,
         &rack.object_ref(&()),
@@ -233,7 +231,28 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         &status,
         &decided.transitions,
     )
-    .await
+    .await?;
+    if decided.write.is_some() && ctx.leader.is_leader() {
+        ctx.written_racks.record(&name, version.as_deref(), &status);
+    }
+    Ok(action)
+}
+
+/// `obj` with the status this process last wrote when its store has not shown that write yet.
+fn with_written<K: Clone + Resource, S: Clone>(
+    obj: Arc<K>,
+    written: &WrittenStatus<S>,
+    status: impl Fn(&mut K) -> &mut Option<S>,
+) -> Arc<K> {
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match written.pending(&name, obj.meta().resource_version.as_deref()) {
+        Some(w) => {
+            let mut o = (*obj).clone();
+            *status(&mut o) = Some(w);
+            Arc::new(o)
+        }
+        None => obj,
+    }
 }
 
 /// Site: roll-up of its racks and their servers.
@@ -256,6 +275,8 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         })
         .map(AsRef::as_ref)
         .collect();
+    let version = site.metadata.resource_version.clone();
+    let site = with_written(site, &ctx.written_sites, |s| &mut s.status);
     let decided = rollup::site(&site, &racks, &members, &Time(Timestamp::now()));
     let mut status = decided.status.clone();
     // Allocations are the placement ledger's to write.
@@ -265,7 +286,7 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         status.capacity.as_ref(),
         site.status.as_ref().and_then(|s| s.allocated.as_ref()),
     );
-    write_rollup::<Site, _>(
+    let action = write_rollup::<Site, _>(
         &ctx,
         &mut guard,
         &site.object_ref(&()),
@@ -274,7 +295,11 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         &status,
         &decided.transitions,
     )
-    .await
+    .await?;
+    if decided.write.is_some() && ctx.leader.is_leader() {
+        ctx.written_sites.record(&name, version.as_deref(), &status);
+    }
+    Ok(action)
 }
 
 /// The shared tail of the roll-up controllers: only the leader writes, and only when the

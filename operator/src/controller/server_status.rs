@@ -68,6 +68,20 @@ impl StatusPolicy {
             Duration::from_secs(3 * u64::from(server.spec.bmc.poll_interval_seconds))
         })
     }
+
+    /// The heartbeat of one server: the policy's plus a spread of up to a fifth of it, fixed by
+    /// the name. A fleet whose statuses were written together (a restart) does not beat
+    /// together, and steady telemetry stays under one write per server per heartbeat.
+    pub fn heartbeat_for(&self, name: &str) -> Duration {
+        // FNV-1a: stable across processes and releases, unlike std's hasher.
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let spread = u64::try_from((self.heartbeat / 5).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.heartbeat + Duration::from_millis(hash % spread)
+    }
 }
 
 /// The newest samples held for a server: from its BMC (by server name) and its node agent (by
@@ -482,7 +496,7 @@ fn worth_writing(
     new: &ServerStatus,
     transitions: &[Transition],
     policy: &StatusPolicy,
-    now: Timestamp,
+    beat_after: Duration,
 ) -> Option<&'static str> {
     if !transitions.is_empty() {
         return Some("condition changed");
@@ -538,7 +552,7 @@ fn worth_writing(
         (Some(a), Some(b)) => b.0.as_millisecond() - a.0.as_millisecond(),
         _ => 0,
     };
-    let beat = i64::try_from(policy.heartbeat.as_millis()).unwrap_or(i64::MAX);
+    let beat = i64::try_from(beat_after.as_millis()).unwrap_or(i64::MAX);
     if heartbeat(old.last_seen.as_ref(), new.last_seen.as_ref()) >= beat {
         return Some("heartbeat");
     }
@@ -550,7 +564,6 @@ fn worth_writing(
     if heartbeat(os_seen(old).as_ref(), os_seen(new).as_ref()) >= beat {
         return Some("heartbeat");
     }
-    let _ = now;
     None
 }
 
@@ -620,7 +633,14 @@ pub fn decide(
     let write = if server.status.is_none() {
         Some("first status")
     } else {
-        worth_writing(&stored, &status, &transitions, policy, now)
+        let name = server.metadata.name.as_deref().unwrap_or_default();
+        worth_writing(
+            &stored,
+            &status,
+            &transitions,
+            policy,
+            policy.heartbeat_for(name),
+        )
     };
     let schedulable = desired.iter().find(|d| d.type_ == "Schedulable");
     let taint = schedulable.filter(|d| d.is_false()).map(|d| Taint {

@@ -202,8 +202,28 @@ fn unchanged_readings_are_written_on_the_heartbeat_only() {
         )
         .write
     };
+    // Never before the policy's 5 minutes; by 6 (the name's spread) at the latest.
     assert_eq!(at(299_000), None);
-    assert_eq!(at(300_000), Some("heartbeat"));
+    assert_eq!(at(360_000), Some("heartbeat"));
+    let beat = policy().heartbeat_for("hn1-r01-s01");
+    let ms = i64::try_from(beat.as_millis()).unwrap();
+    assert_eq!(at(ms - 1), None);
+    assert_eq!(at(ms), Some("heartbeat"));
+}
+
+#[test]
+fn heartbeats_of_a_fleet_are_spread_over_a_fifth_of_the_period() {
+    let p = policy();
+    let beats: std::collections::BTreeSet<u128> = (0..200)
+        .map(|i| {
+            p.heartbeat_for(&format!("hn1-r{:02}-s{:02}", i / 40, i % 40))
+                .as_millis()
+        })
+        .collect();
+    assert!(beats.iter().all(|b| (300_000..360_000).contains(b)));
+    // Spread, not bunched: 200 servers land on many distinct instants over the minute.
+    assert!(beats.len() > 150, "{} distinct heartbeats", beats.len());
+    assert!(beats.first().unwrap() < &312_000 && beats.last().unwrap() > &348_000);
 }
 
 #[test]

@@ -2,4 +2,4 @@
 //! operator's paths stay put).
 
 pub use sovereign_telemetry_api::shutdown_signal;
-pub use sovereign_telemetry_api::watch::{mirror, mirror_trimmed};
+pub use sovereign_telemetry_api::watch::{mirror, mirror_trimmed, readable, shared_mirror};
