@@ -101,6 +101,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         let mut bmc = MockBmc::new(if is_dgx(i) { &dgx_tree } else { &tree });
         bmc.latency = if is_dgx(i) { dgx_latency } else { latency };
+        // A DGX's BMC (OpenBMC) expands collections, as its service root advertises.
+        bmc.expand = is_dgx(i);
         bmc.requests = requests.clone();
         let s = mockbmc::start(bmc).await?;
         targets.push((

@@ -170,15 +170,18 @@ pub fn bmc(server: &str, s: &BmcSample) -> proto::Sample {
                 encryption_capable: d.encryption_capable,
             })
             .collect(),
-        fans: s
-            .chassis
-            .iter()
-            .flat_map(|c| &c.fans)
-            .map(|f| proto::Component {
-                name: f.name.clone(),
-                health: health(f.health),
-            })
-            .collect(),
+        // By name: sensors read in parallel arrive in any order, and an order that changes
+        // between polls would read as a change to the status.
+        fans: by_name(
+            s.chassis
+                .iter()
+                .flat_map(|c| &c.fans)
+                .map(|f| proto::Component {
+                    name: f.name.clone(),
+                    health: health(f.health),
+                })
+                .collect(),
+        ),
         power_supplies: s
             .chassis
             .iter()
@@ -237,6 +240,11 @@ pub fn failure(server: &str, e: &PollError, observed_at_unix_ms: u64) -> proto::
             reason: e.to_string(),
         })),
     }
+}
+
+fn by_name(mut components: Vec<proto::Component>) -> Vec<proto::Component> {
+    components.sort_by(|a, b| a.name.cmp(&b.name));
+    components
 }
 
 #[cfg(test)]

@@ -69,6 +69,9 @@ pub struct MockBmc {
     pub links_only: bool,
     /// Requests per path (query left off), for tests that count attempts.
     pub paths: Arc<Mutex<HashMap<String, u64>>>,
+    /// Answer `$expand=.` / `*` (one level) on collections with their members inline, as a
+    /// BMC whose service root advertises `ExpandQuery` does; off, the query is ignored.
+    pub expand: bool,
 }
 
 impl MockBmc {
@@ -84,6 +87,7 @@ impl MockBmc {
             page_size: None,
             links_only: false,
             paths: Arc::new(Mutex::new(HashMap::new())),
+            expand: false,
         }
     }
 }
@@ -292,6 +296,9 @@ async fn handle(
                 );
                 r
             }
+            _ if bmc.expand && wants_expand(&uri) => {
+                json(StatusCode::OK, expand_members(&bmc, body).await)
+            }
             _ => json(StatusCode::OK, shape_collection(&bmc, &uri, body)),
         },
         Err(_) => json(
@@ -299,6 +306,46 @@ async fn handle(
             r#"{"error":{"code":"Base.1.0.ResourceMissingAtURI"}}"#,
         ),
     }
+}
+
+/// `$expand` of one level on subordinate links (`.`, `*`; `$levels` above 1 served as 1).
+fn wants_expand(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&').any(|p| {
+            let p = p.replace("%24", "$");
+            p.strip_prefix("$expand=")
+                .is_some_and(|e| e.starts_with('.') || e.starts_with('*'))
+        })
+    })
+}
+
+/// A collection with each member's document inline (members the tree lacks stay links).
+async fn expand_members(bmc: &MockBmc, body: Vec<u8>) -> Vec<u8> {
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(members) = doc.get_mut("Members").and_then(|m| m.as_array_mut()) else {
+        return body;
+    };
+    let root = service_root(&bmc.tree);
+    for m in members.iter_mut() {
+        let Some(rest) = m
+            .get("@odata.id")
+            .and_then(|v| v.as_str())
+            .and_then(|id| id.trim_end_matches('/').strip_prefix("/redfish/v1/"))
+        else {
+            continue;
+        };
+        if rest.split('/').any(|seg| seg == ".." || seg.contains('\\')) {
+            continue;
+        }
+        if let Ok(member) = tokio::fs::read(root.join(rest).join("index.json")).await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&member)
+        {
+            *m = v;
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or(body)
 }
 
 /// Pages a collection and/or strips its members to links, as configured.

@@ -319,7 +319,9 @@ impl Job {
                 .session
                 .as_ref()
                 .map_or_else(|| basic.clone(), |s| s.client.clone());
-            let result = redfish::collect_with(client, self.use_expand)
+            // Sensors inline once the BMC's service root said it expands (from the first poll).
+            let expand_sensors = self.use_expand && self.hint.expands();
+            let result = redfish::collect_with(client, self.use_expand, expand_sensors)
                 .await
                 .map(|mut sample| {
                     sample.warnings = self.hint.take_dropped();

@@ -41,12 +41,19 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_hours(1);
 pub struct RetryHint {
     retry_after: Arc<Mutex<Option<Duration>>>,
     dropped: Arc<Mutex<Vec<String>>>,
+    /// The service root last read advertises `$expand` of subordinate links.
+    expands: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Dropped-field notes kept between two polls (a broken BMC must not grow memory).
 const MAX_DROPPED_NOTES: usize = 32;
 
 impl RetryHint {
+    /// Whether the BMC's service root (as last read) advertises `$expand` (`NoLinks`).
+    pub fn expands(&self) -> bool {
+        self.expands.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes the hint, leaving none.
     pub fn take(&self) -> Option<Duration> {
         self.retry_after
@@ -292,6 +299,13 @@ impl HttpClient for Transport {
             serde_json::from_slice(&body).map_err(BmcError::DecodeError)?;
         drop(body);
         repair.repair(&mut value);
+        if url.path().trim_end_matches('/') == "/redfish/v1" {
+            let advertised = value.pointer("/ProtocolFeaturesSupported/ExpandQuery/NoLinks")
+                == Some(&serde_json::Value::Bool(true));
+            self.hint
+                .expands
+                .store(advertised, std::sync::atomic::Ordering::Relaxed);
+        }
         // The header's ETag wins over the body's, as in nv-redfish's client (cache revalidation).
         if let (Some(etag), Some(o)) = (etag, value.as_object_mut()) {
             o.insert("@odata.etag".into(), serde_json::Value::String(etag));

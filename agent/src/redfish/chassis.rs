@@ -5,11 +5,18 @@
 //! longest chain, not the sum: the chassis themselves (legacy `Thermal`/`Power`,
 //! `EnvironmentMetrics`, `PowerSubsystem`), [`CHASSIS_IN_FLIGHT`] at a time; then the
 //! `Sensors` they still need, [`SENSORS_IN_FLIGHT`] requests at a time across all chassis.
+//! Where the BMC expands collections (`$expand`, advertised in its service root), a chassis'
+//! `Sensors` come with their readings inline in one request and the second pass asks nothing.
+
+use std::sync::Arc;
 
 use futures::StreamExt;
 use nv_redfish::ServiceRoot;
 use nv_redfish::chassis::Chassis;
-use nv_redfish::core::Bmc;
+use nv_redfish::core::query::ExpandQuery;
+use nv_redfish::core::{Bmc, NavProperty};
+use nv_redfish::schema::sensor::Sensor;
+use nv_redfish::schema::sensor_collection::SensorCollection;
 use nv_redfish::sensor::SensorLink;
 
 use super::{
@@ -21,6 +28,22 @@ use crate::readings;
 const CHASSIS_IN_FLIGHT: usize = 4;
 /// Sensor requests in flight at once, over all chassis of one BMC.
 const SENSORS_IN_FLIGHT: usize = 8;
+
+/// A sensor for the second pass: a link to fetch, or the reading itself when the collection
+/// came with its members inline.
+enum Pending<B: Bmc> {
+    Link(SensorLink<B>),
+    Read(Arc<Sensor>),
+}
+
+impl<B: Bmc> Pending<B> {
+    fn uri(&self) -> String {
+        match self {
+            Pending::Link(l) => l.odata_id().to_string(),
+            Pending::Read(s) => s.odata_id.to_string(),
+        }
+    }
+}
 
 /// What a chassis still needs from its `Sensors` after the legacy and subsystem reads.
 #[derive(Clone, Copy, Default)]
@@ -83,6 +106,7 @@ pub(super) async fn chassis<B: Bmc + 'static>(
     root: &ServiceRoot<B>,
     bmc: &B,
     sample: &mut BmcSample,
+    expand_sensors: bool,
 ) {
     let members = match root.chassis().await {
         Ok(Some(c)) => match c.members().await {
@@ -94,8 +118,11 @@ pub(super) async fn chassis<B: Bmc + 'static>(
     };
     // Futures made first, then streamed: a closure inside the stream would make the poll
     // task's future not `Send` for every lifetime (rustc's higher-ranked closure limitation).
-    let reads: Vec<_> = members.into_iter().map(|ch| one_chassis(ch, bmc)).collect();
-    let read: Vec<(BmcSample, Vec<SensorLink<B>>, Needs)> = futures::stream::iter(reads)
+    let reads: Vec<_> = members
+        .into_iter()
+        .map(|ch| one_chassis(ch, bmc, expand_sensors))
+        .collect();
+    let read: Vec<(BmcSample, Vec<Pending<B>>, Needs)> = futures::stream::iter(reads)
         .buffered(CHASSIS_IN_FLIGHT)
         .collect()
         .await;
@@ -122,7 +149,8 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         false
     };
     let mut wanted = Vec::new();
-    for (i, (part, links, needs)) in read.iter().enumerate() {
+    let mut inline = Vec::new();
+    for (i, (part, pending, needs)) in read.iter().enumerate() {
         let mut needs = *needs;
         if let Some(c) = part.chassis.first() {
             needs.temperatures &= !covered(c, &|p| !p.temperatures.is_empty());
@@ -131,9 +159,13 @@ pub(super) async fn chassis<B: Bmc + 'static>(
                 p.power_control_watts.is_some() || p.environment_watts.is_some()
             });
         }
-        for link in links {
-            if worth_fetching(&link.odata_id().to_string(), needs) {
-                wanted.push((i, needs, link));
+        for p in pending {
+            if !worth_fetching(&p.uri(), needs) {
+                continue;
+            }
+            match p {
+                Pending::Link(link) => wanted.push((i, needs, link)),
+                Pending::Read(sensor) => inline.push((i, needs, sensor.clone())),
             }
         }
     }
@@ -146,6 +178,11 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         .collect()
         .await;
     let mut parts: Vec<BmcSample> = read.into_iter().map(|(part, _, _)| part).collect();
+    for (i, needs, sensor) in inline {
+        if let Some(cs) = parts.get_mut(i).and_then(|p| p.chassis.first_mut()) {
+            add_sensor(cs, &sensor, needs);
+        }
+    }
     for (i, needs, result) in fetched {
         let Some(part) = parts.get_mut(i) else {
             continue;
@@ -224,7 +261,8 @@ fn add_sensor(cs: &mut ChassisSample, sensor: &nv_redfish::schema::sensor::Senso
 async fn one_chassis<B: Bmc + 'static>(
     ch: Chassis<B>,
     bmc: &B,
-) -> (BmcSample, Vec<SensorLink<B>>, Needs) {
+    expand_sensors: bool,
+) -> (BmcSample, Vec<Pending<B>>, Needs) {
     let raw = ch.raw();
     let id = raw.id.clone();
     let (health, health_rollup) = Health::of(raw.status.as_ref());
@@ -300,19 +338,55 @@ async fn one_chassis<B: Bmc + 'static>(
         fans: cs.fans.is_empty(),
         power: cs.power_control_watts.is_none() && cs.environment_watts.is_none(),
     };
-    let links = if needs.any() && raw.sensors.is_some() {
-        match ch.sensor_links().await {
-            Ok(links) => links.unwrap_or_default(),
+    let inline = match &raw.sensors {
+        Some(nav) if needs.any() && expand_sensors => {
+            match expanded_sensors(bmc, nav).await {
+                Ok(read) => read,
+                Err(e) => {
+                    fail(&mut errors, format!("Chassis/{id}/Sensors"), &Nav(&e));
+                    // Already failed: the link pass would ask again for nothing.
+                    Some(Vec::new())
+                }
+            }
+        }
+        _ => None,
+    };
+    let pending = match inline {
+        Some(read) => read.into_iter().map(Pending::Read).collect(),
+        None if needs.any() && raw.sensors.is_some() => match ch.sensor_links().await {
+            Ok(links) => links
+                .unwrap_or_default()
+                .into_iter()
+                .map(Pending::Link)
+                .collect(),
             Err(e) => {
                 fail(&mut errors, format!("Chassis/{id}/Sensors"), &e);
                 Vec::new()
             }
-        }
-    } else {
-        Vec::new()
+        },
+        None => Vec::new(),
     };
     errors.chassis.push(cs);
-    (errors, links, needs)
+    (errors, pending, needs)
+}
+
+/// A chassis' sensors in one `$expand` request; None when the BMC answered links only (it
+/// ignored the query), so the caller reads them one by one.
+async fn expanded_sensors<B: Bmc>(
+    bmc: &B,
+    nav: &NavProperty<SensorCollection>,
+) -> Result<Option<Vec<Arc<Sensor>>>, B::Error> {
+    let collection = bmc
+        .expand::<SensorCollection>(nav.id(), ExpandQuery::no_links().levels(1))
+        .await?;
+    let mut read = Vec::with_capacity(collection.members.len());
+    for member in &collection.members {
+        match member {
+            NavProperty::Expanded(_) => read.push(member.get(bmc).await?),
+            NavProperty::Reference(_) => return Ok(None),
+        }
+    }
+    Ok(Some(read))
 }
 
 async fn legacy_thermal<B: Bmc + 'static>(

@@ -750,15 +750,18 @@ fn url_of(address: &str) -> Result<reqwest::Url, RedfishError> {
 /// Reads one BMC, using `$expand` when the service root advertises it. Fails only when the
 /// service root cannot be read; everything below degrades section by section.
 pub async fn collect<B: Bmc + 'static>(bmc: Arc<B>) -> Result<BmcSample, RedfishError> {
-    collect_with(bmc, true).await
+    collect_with(bmc, true, false).await
 }
 
 /// Like [`collect`]; with `use_expand` false `$expand` is never sent. When a BMC advertises
 /// `$expand` but refuses it (iDRAC without a licence, sushy-static), the tree is read again
 /// without it and [`BmcSample::expand_refused`] tells the caller to stop asking.
+/// `expand_sensors` (for a BMC whose service root advertises `$expand`) reads each chassis'
+/// `Sensors` with their readings inline: one request instead of one per sensor.
 pub async fn collect_with<B: Bmc + 'static>(
     bmc: Arc<B>,
     use_expand: bool,
+    expand_sensors: bool,
 ) -> Result<BmcSample, RedfishError> {
     let mut root = ServiceRoot::new(bmc.clone()).await.map_err(|e| {
         let (class, message) = describe(&e);
@@ -767,7 +770,7 @@ pub async fn collect_with<B: Bmc + 'static>(
     if !use_expand {
         root = root.restrict_expand();
     }
-    let mut sample = read_tree(&root, &*bmc).await;
+    let mut sample = read_tree(&root, &*bmc, use_expand && expand_sensors).await;
     // Never after a 401/403: a second pass is a second failed login per path (lockout risk).
     let refused_login = sample.errors.iter().any(|e| {
         matches!(
@@ -776,7 +779,7 @@ pub async fn collect_with<B: Bmc + 'static>(
         )
     });
     if use_expand && !refused_login && sample.errors.iter().any(|e| e.expand) {
-        sample = read_tree(&root.restrict_expand(), &*bmc).await;
+        sample = read_tree(&root.restrict_expand(), &*bmc, false).await;
         sample.expand_refused = true;
     }
     // The service root answers without credentials; a BMC where nothing below it could be read
@@ -802,7 +805,11 @@ pub async fn collect_with<B: Bmc + 'static>(
     Ok(sample)
 }
 
-async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSample {
+async fn read_tree<B: Bmc + 'static>(
+    root: &ServiceRoot<B>,
+    bmc: &B,
+    expand_sensors: bool,
+) -> BmcSample {
     let mut sample = BmcSample {
         observed_at_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -823,7 +830,7 @@ async fn read_tree<B: Bmc + 'static>(root: &ServiceRoot<B>, bmc: &B) -> BmcSampl
     };
     tokio::join!(
         systems_and_their_logs,
-        chassis::chassis(root, bmc, chs),
+        chassis::chassis(root, bmc, chs, expand_sensors),
         logs::manager_logs(root, bmc, mlog),
     );
     for part in parts {
