@@ -19,8 +19,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build /out/sovereign-operator /usr/local/bin/sovereign-operator
-# Two glibc arenas: a fleet's list-time peaks are not kept per thread (fleet bench, RSS).
-ENV MALLOC_ARENA_MAX=2
+# Two glibc arenas and a fixed mmap threshold: a fleet's list-time peaks are given back
+# (fleet bench, RSS).
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/sovereign-operator"]
 
