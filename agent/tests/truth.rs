@@ -37,18 +37,22 @@ fn trees() -> Vec<String> {
     out
 }
 
-async fn summary(tree: &str) -> BmcSummary {
-    let bmc = mockbmc::start(MockBmc::new(mockups().join(tree)))
-        .await
-        .unwrap();
-    let ep = Endpoint {
-        address: bmc.url(),
+fn endpoint(address: String) -> Endpoint {
+    Endpoint {
+        address,
         username: "root".into(),
         password: "calvin".into(),
         ca_bundle_pem: None,
         insecure_skip_verify: false,
         timeout: Duration::from_secs(10),
-    };
+    }
+}
+
+async fn summary(tree: &str) -> BmcSummary {
+    let bmc = mockbmc::start(MockBmc::new(mockups().join(tree)))
+        .await
+        .unwrap();
+    let ep = endpoint(bmc.url());
     let client = redfish::connect(&ep).unwrap();
     let s = redfish::collect(Arc::new(client)).await.unwrap();
     match convert::bmc("t", &s).body {
@@ -624,14 +628,7 @@ async fn summary_of(m: MockBmc, expand: bool) -> BmcSummary {
     use std::sync::atomic::Ordering;
     let counter = m.requests.clone();
     let bmc = mockbmc::start(m).await.unwrap();
-    let ep = Endpoint {
-        address: bmc.url(),
-        username: "root".into(),
-        password: "calvin".into(),
-        ca_bundle_pem: None,
-        insecure_skip_verify: false,
-        timeout: Duration::from_secs(10),
-    };
+    let ep = endpoint(bmc.url());
     let hint = sovereign_agent::transport::RetryHint::default();
     let client = Arc::new(redfish::connect_hinted(&ep, &hint).unwrap());
     let first = redfish::collect_with(client.clone(), true, false)

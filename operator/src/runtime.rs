@@ -19,7 +19,7 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
-use sovereign_telemetry::cluster::{mirror_trimmed, shared_mirror};
+use sovereign_telemetry::cluster::{Watched, mirror_trimmed, shared_mirror};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -61,13 +61,7 @@ fn shared<K, const N: usize>(
     trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Result<(Store<K>, [ReflectHandle<K>; N]), RunError>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     shared_mirror(client.clone(), watcher::Config::default(), kind, trim)
         .ok_or(RunError::SharedWatch { kind })

@@ -8,17 +8,35 @@ use kube::core::error_boundary::InvalidObject;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
-/// A store of `K` kept filled by a watch (retried with backoff; errors are logged with `what`).
-/// Callers wait for `Store::wait_until_ready` before trusting it.
-pub fn mirror<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> Store<K>
-where
+/// What a watched kind must be: a cluster-wide listable resource that decodes, clones and
+/// crosses tasks.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// A store of `K` kept filled by a watch (retried with backoff; errors are logged with `what`).
+/// Callers wait for `Store::wait_until_ready` before trusting it.
+pub fn mirror<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> Store<K>
+where
+    K: Watched,
 {
     mirror_trimmed(api, config, what, |_| {})
 }
@@ -38,13 +56,7 @@ pub fn mirror_trimmed<K>(
     mut trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
@@ -83,13 +95,7 @@ pub fn shared_mirror<K, const N: usize>(
     mut trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Option<(Store<K>, [ReflectHandle<K>; N])>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store_shared(SHARED_BUFFER);
     let handles: Vec<ReflectHandle<K>> =

@@ -2,4 +2,6 @@
 //! operator's paths stay put).
 
 pub use sovereign_telemetry_api::shutdown_signal;
-pub use sovereign_telemetry_api::watch::{mirror, mirror_trimmed, readable, shared_mirror};
+pub use sovereign_telemetry_api::watch::{
+    Watched, mirror, mirror_trimmed, readable, shared_mirror,
+};
