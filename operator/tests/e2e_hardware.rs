@@ -451,9 +451,12 @@ async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
     }
 
     // Kill the leader; the follower takes over within the lease duration and writes.
-    let handover_mark = audit.as_deref().map_or(0, audit_mark);
     op_a.child.kill();
     let killed_at = Instant::now();
+    // A write the leader had in flight when killed is logged at ResponseComplete,
+    // just after; the follower cannot write before the lease runs out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handover_mark = audit.as_deref().map_or(0, audit_mark);
     drop(collector);
     let _collector_b = start_collector(&targets_file, &token_file, op_b.telemetry, "collector-b");
     std::fs::write(opened.join(chassis), &intruded).unwrap();
@@ -468,9 +471,18 @@ async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
         "hand-over: leader killed → follower wrote in {handover:?} (lease {LEASE_SECONDS} s)"
     );
     if audit.is_some() {
-        let after = status_writes(handover_mark);
+        // The taint is written before the status, and the audit log trails the
+        // API: wait for the follower's status write rather than read once.
+        let after = wait_for(
+            Duration::from_secs(15),
+            "the follower's status write in the audit log",
+            || async {
+                let after = status_writes(handover_mark);
+                (after.get(b_user).copied().unwrap_or(0) > 0).then_some(after)
+            },
+        )
+        .await;
         eprintln!("status writes after the kill: {after:?}");
-        assert!(after.get(b_user).copied().unwrap_or(0) > 0, "{after:?}");
         assert_eq!(after.get(a_user).copied().unwrap_or(0), 0, "{after:?}");
     }
     drop(op_b);
