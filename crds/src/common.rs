@@ -209,11 +209,6 @@ pub(crate) fn push_rule(schema: &mut Schema, rule: &str, message: &str) {
 pub const POSITIVE_QUANTITY_RULE: &str =
     "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))";
 
-/// Schema transform for quantities that must be greater than zero (sizes, requests).
-pub(crate) fn positive_quantity(schema: &mut Schema) {
-    push_rule(schema, POSITIVE_QUANTITY_RULE, "must be greater than zero");
-}
-
 /// Schema transform for a ResourceSet whose quantities must each be greater than zero (a quota:
 /// a zero quota is written by leaving the class out of the tenant's plan, not as 0).
 pub(crate) fn positive_resources(schema: &mut Schema) {

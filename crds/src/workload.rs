@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     Condition, POSITIVE_QUANTITY_RULE, Quantity, Spread, StorageTier, conditions_list_map,
-    positive_quantity,
 };
 
 /// Rule shared by both workload kinds: spreading across racks or sites needs several replicas.
@@ -47,12 +46,15 @@ pub struct StorageVolumeSpec {
     /// Media tier: nvme, ssd or hdd. Immutable: data is never silently moved between tiers.
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "tier is immutable"}]))]
     pub tier: StorageTier,
-    /// Number of copies, 1 to 5, each on a distinct failure domain (see spread).
+    /// Number of copies, 1 to 5, each on a distinct failure domain (see spread). Raising it
+    /// places the new copies beside the others; lowering it releases the highest-numbered.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 5))]
     pub replicas: u8,
-    /// Failure domain replicas must not share: Server, Rack or Site.
+    /// Failure domain replicas must not share: Server, Rack or Site. Immutable: the placed
+    /// replicas were spread by it.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spread is immutable"}]))]
     pub spread: Spread,
     /// Encrypt data at rest (needs self-encrypting drives). On by default; immutable.
     #[serde(default = "yes")]
@@ -105,6 +107,8 @@ pub enum ReplicaState {
     Ready,
     Failed,
     Replacing,
+    /// Left by a scale-down: its children are deleted, then its capacity given back.
+    Releasing,
 }
 
 /// Where one replica of a volume lives.
@@ -177,15 +181,23 @@ pub struct StorageVolumeStatus {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{"rule": SPREAD_RULE, "message": SPREAD_MESSAGE}]))]
 pub struct ComputeInstanceSpec {
-    /// CPU per replica in cores (e.g. 4 or 500m).
-    #[schemars(transform = positive_quantity)]
+    /// CPU per replica in cores (e.g. 4 or 500m). Immutable: the capacity is booked where the
+    /// replicas were placed; a different size is a new instance.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "cpu is immutable: create a new ComputeInstance for another size"},
+        {"rule": POSITIVE_QUANTITY_RULE, "message": "must be greater than zero"}
+    ]))]
     pub cpu: Quantity,
-    /// Memory per replica (e.g. 16Gi).
-    #[schemars(transform = positive_quantity)]
+    /// Memory per replica (e.g. 16Gi). Immutable, as cpu.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "memory is immutable: create a new ComputeInstance for another size"},
+        {"rule": POSITIVE_QUANTITY_RULE, "message": "must be greater than zero"}
+    ]))]
     pub memory: Quantity,
-    /// Whole GPUs per replica.
+    /// Whole GPUs per replica. Immutable, as cpu.
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "gpus is immutable: create a new ComputeInstance for another size"}]))]
     pub gpus: u8,
     /// Container image, preferably pinned by digest (registry/name@sha256:...).
     #[schemars(length(min = 1, max = 512), pattern(r"^[^\s]+$"))]
@@ -198,12 +210,15 @@ pub struct ComputeInstanceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub args: Vec<String>,
-    /// Number of pods, 1 to 64, each on a distinct failure domain (see spread).
+    /// Number of pods, 1 to 64, each on a distinct failure domain (see spread). Raising it
+    /// places the new pods beside the others; lowering it releases the highest-numbered.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 64))]
     pub replicas: u8,
-    /// Failure domain replicas must not share: Server, Rack or Site.
+    /// Failure domain replicas must not share: Server, Rack or Site. Immutable: the placed
+    /// replicas were spread by it.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spread is immutable"}]))]
     pub spread: Spread,
 }
 

@@ -1,7 +1,7 @@
 //! End to end on a real API server: servers with live telemetry, a tenant, then volumes and
 //! instances placed by the operator binary, materialised (PVs bound to PVCs by the real PV
 //! binder, Pods bound to the chosen nodes), refused with reasons, placed once capacity appears,
-//! and released on deletion.
+//! scaled up and down, rolled to a new image one Pod at a time, and released on deletion.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sovereign_crds::{ComputeInstance, Server, StorageVolume};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
@@ -77,7 +77,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     let ns = format!("{p}-data");
     cluster
         .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "metadata": {"name": tenant},
-            "spec": {"classification": "Confidential", "residency": {"jurisdictions": ["VN"]},
+            "spec": {"classification": "Confidential", "residency": {"jurisdictions": ["VN"], "sites": [site]},
                 "namespaces": [ns], "quota": {"cpu": 64, "memory": "256Gi", "storage": {"ssd": "20Ti"}}}}))
         .await
         .unwrap();
@@ -238,6 +238,8 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     )
     .await;
 
+    instance_rolls_and_scales(&cluster, &ns).await;
+
     // Intrusion on a server holding a Confidential replica: the replica moves to a compliant
     // server (still another rack than its sibling), the new claim binds, the old PV/PVC go.
     let before = volumes.get("records").await.unwrap().status.unwrap();
@@ -295,6 +297,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         "an Event names from, to and why"
     );
     intruded.lock().unwrap().clear();
+    volume_scales(&cluster, &ns).await;
 
     // Too big for any server: refused with the filters' counts, then placed once a big server
     // joins.
@@ -456,4 +459,238 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     }
     nodes.push(format!("{p}-node-big"));
     cluster.delete_nodes(&nodes).await;
+}
+
+/// What a kubelet does for a Pod being deleted on its node: confirms it (there is none here).
+async fn kubelet_confirms_deletions(pods: &Api<Pod>) {
+    for p in pods.list(&ListParams::default()).await.unwrap() {
+        if p.metadata.deletion_timestamp.is_some() {
+            let _ = pods
+                .delete(
+                    &p.metadata.name.unwrap(),
+                    &DeleteParams::default().grace_period(0),
+                )
+                .await;
+        }
+    }
+}
+
+async fn events_with_reason(cluster: &Cluster, ns: &str, reason: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(cluster.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// A new image rolls the Pods one at a time; more replicas get Pods on other servers; fewer
+/// release the highest-numbered ones.
+async fn instance_rolls_and_scales(cluster: &Cluster, ns: &str) {
+    let instances: Api<ComputeInstance> = Api::namespaced(cluster.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let merge = |spec: serde_json::Value| Patch::Merge(json!({ "spec": spec }));
+    let new_image = "registry.example/api@sha256:4567";
+    instances
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &merge(json!({"image": new_image})),
+        )
+        .await
+        .unwrap();
+    let most_down = std::sync::atomic::AtomicUsize::new(0);
+    wait_for(
+        Duration::from_mins(1),
+        "every pod on the new image",
+        || async {
+            let listed = pods.list(&ListParams::default()).await.ok()?.items;
+            let up: Vec<&Pod> = listed
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            most_down.fetch_max(
+                2usize.saturating_sub(up.len()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            kubelet_confirms_deletions(&pods).await;
+            let current = up
+                .iter()
+                .filter(|p| {
+                    p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(new_image)
+                })
+                .count();
+            let c = serde_json::to_value(instances.get("api").await.ok()?).ok()?;
+            let rolling = c["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|k| k["type"] == "Ready" && k["reason"] == "RollingOut");
+            (current == 2 && up.len() == 2 && !rolling).then_some(())
+        },
+    )
+    .await;
+    let most_down = most_down.into_inner();
+    assert!(
+        most_down <= 1,
+        "the rollout took {most_down} pods down at once"
+    );
+
+    // Scale up: the third replica on a server the others do not use, its Pod bound there.
+    instances
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &merge(json!({"replicas": 3})),
+        )
+        .await
+        .unwrap();
+    let grown = wait_for(Duration::from_secs(30), "three pods bound", || async {
+        let c = instances.get("api").await.ok()?;
+        let st = c.status?;
+        (st.replicas.len() == 3 && st.phase == sovereign_crds::Phase::Bound).then_some(st)
+    })
+    .await;
+    let servers: BTreeSet<&str> = grown.replicas.iter().map(|r| r.server.as_str()).collect();
+    assert_eq!(servers.len(), 3, "spread Server: {:?}", grown.replicas);
+    for r in &grown.replicas {
+        let pod = pods.get(r.pod.as_deref().unwrap()).await.unwrap();
+        assert_eq!(pod.spec.unwrap().node_name, r.node);
+    }
+    assert!(
+        !events_with_reason(cluster, ns, "ScaledUp").await.is_empty(),
+        "an Event says where the new replica went"
+    );
+
+    // Scale down: replicas 1 and 2 go, their Pods with them.
+    instances
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &merge(json!({"replicas": 1})),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "one replica left", || async {
+        let st = instances.get("api").await.ok()?.status?;
+        kubelet_confirms_deletions(&pods).await;
+        let live = pods.list(&ListParams::default()).await.ok()?.items.len();
+        (st.replicas.len() == 1 && st.replicas[0].index == 0 && live == 1).then_some(())
+    })
+    .await;
+    let released = events_with_reason(cluster, ns, "ReplicasReleased").await;
+    assert!(
+        released.iter().any(|n| n.contains("Pods deleted")),
+        "{released:?}"
+    );
+}
+
+/// A volume asked for more replicas than it has failure domains stays as it is, Degraded with
+/// the reason; fewer releases the highest-numbered replica's PV and PVC; more again places one.
+async fn volume_scales(cluster: &Cluster, ns: &str) {
+    let volumes: Api<StorageVolume> = Api::namespaced(cluster.client.clone(), ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
+    let merge = |n: u8| Patch::Merge(json!({ "spec": {"replicas": n} }));
+    volumes
+        .patch("records", &PatchParams::default(), &merge(3))
+        .await
+        .unwrap();
+    let degraded = wait_for(
+        Duration::from_secs(30),
+        "the third replica refused",
+        || async {
+            let v = serde_json::to_value(volumes.get("records").await.ok()?).ok()?;
+            let c = v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Degraded" && c["reason"] == "Unschedulable")?
+                .clone();
+            Some(c)
+        },
+    )
+    .await;
+    let why = degraded["message"].as_str().unwrap();
+    eprintln!("scale-up refused: {why}");
+    assert_eq!(degraded["status"], "True");
+    assert!(why.contains("2 of 3 replicas placed"), "{why}");
+    let st = volumes.get("records").await.unwrap().status.unwrap();
+    assert_eq!(st.replicas.len(), 2, "a refused scale-up changes nothing");
+
+    volumes
+        .patch("records", &PatchParams::default(), &merge(2))
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "back to two replicas, not degraded",
+        || async {
+            let v = serde_json::to_value(volumes.get("records").await.ok()?).ok()?;
+            has_condition(&v, "Degraded", "False").then_some(())
+        },
+    )
+    .await;
+
+    // Fewer replicas: the highest-numbered goes with its claim; more again places one.
+    let scratch: StorageVolume = serde_json::from_value(json!({
+        "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+        "metadata": {"name": "scratch", "namespace": ns},
+        "spec": {"size": "10Gi", "tier": "ssd", "replicas": 2}
+    }))
+    .unwrap();
+    volumes
+        .create(&PostParams::default(), &scratch)
+        .await
+        .unwrap();
+    let st = wait_for(Duration::from_mins(1), "scratch Bound", || async {
+        let st = volumes.get("scratch").await.ok()?.status?;
+        (st.phase == sovereign_crds::Phase::Bound).then_some(st)
+    })
+    .await;
+    volumes
+        .patch("scratch", &PatchParams::default(), &merge(1))
+        .await
+        .unwrap();
+    let leaving = st.replicas[1].clone();
+    wait_for(
+        Duration::from_secs(30),
+        "replica 1 released with its claim",
+        || async {
+            let now = volumes.get("scratch").await.ok()?.status?;
+            let claim = pvcs.get_opt(leaving.pvc.as_deref()?).await.ok()?;
+            (now.replicas.len() == 1
+                && claim.is_none_or(|c| c.metadata.deletion_timestamp.is_some()))
+            .then_some(())
+        },
+    )
+    .await;
+    volumes
+        .patch("scratch", &PatchParams::default(), &merge(2))
+        .await
+        .unwrap();
+    let back = wait_for(
+        Duration::from_mins(1),
+        "two replicas bound again",
+        || async {
+            let now = volumes.get("scratch").await.ok()?.status?;
+            (now.replicas.len() == 2 && now.phase == sovereign_crds::Phase::Bound).then_some(now)
+        },
+    )
+    .await;
+    let servers: BTreeSet<&str> = back.replicas.iter().map(|r| r.server.as_str()).collect();
+    assert_eq!(servers.len(), 2, "spread Server kept: {:?}", back.replicas);
+    volumes
+        .delete("scratch", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "scratch to go", || async {
+        volumes
+            .get_opt("scratch")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }

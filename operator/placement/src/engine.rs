@@ -603,6 +603,61 @@ impl Placer {
         Some(alloc)
     }
 
+    /// Adds replicas to a consumer's allocation up to `req.replicas` (a scale-up), keeping the
+    /// failure domains of the replicas it has; all the new ones or none. Returns the new
+    /// placements (none when it already has as many).
+    pub fn grow(&mut self, req: &Request) -> Result<Vec<Placement>, Refusal> {
+        let alloc = self
+            .allocations
+            .get(&req.consumer)
+            .ok_or_else(|| Refusal::Ledger {
+                consumer: req.consumer.clone(),
+                message: format!("{} has no allocation to grow", req.consumer),
+            })?;
+        let have = alloc.slots.len();
+        let tenant = alloc.tenant.clone();
+        let kept: Vec<usize> = alloc.slots.iter().map(|s| s.server).collect();
+        let indices: Vec<u8> = (have..usize::from(req.replicas))
+            .filter_map(|i| u8::try_from(i).ok())
+            .collect();
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.quota_check(req, indices.len() as u64)?;
+        let picked = self.choose(req, kept, Vec::new(), &indices)?;
+        let mut placements = Vec::with_capacity(picked.len());
+        for (&i, &replica) in picked.iter().zip(&indices) {
+            let slot = Slot {
+                server: i,
+                resources: req.per_replica,
+                watts: req.watts_per_replica,
+            };
+            self.add_slot(&tenant, &slot);
+            if let Some(a) = self.allocations.get_mut(&req.consumer) {
+                a.slots.push(slot);
+            }
+            placements.push(self.placement(replica, i));
+        }
+        Ok(placements)
+    }
+
+    /// Drops a consumer's replicas from index `keep` on (a scale-down), restoring their
+    /// capacity exactly. Returns how many were dropped.
+    pub fn shrink(&mut self, consumer: &str, keep: usize) -> usize {
+        let Some(alloc) = self.allocations.get_mut(consumer) else {
+            return 0;
+        };
+        if alloc.slots.len() <= keep {
+            return 0;
+        }
+        let tenant = alloc.tenant.clone();
+        let dropped = alloc.slots.split_off(keep);
+        for slot in &dropped {
+            self.remove_slot(&tenant, slot);
+        }
+        dropped.len()
+    }
+
     /// Moves one replica (its server failed or is being drained) within the same policy,
     /// keeping the other replicas where they are and their failure domains taken.
     pub fn replace(&mut self, req: &Request, replica: u8) -> Result<Placement, Refusal> {

@@ -1,8 +1,8 @@
-//! Invariants of placement, property-tested: 5 properties x 20,000 cases = 100,000 cases.
+//! Invariants of placement, property-tested: 6 properties x 20,000 cases = 120,000 cases.
 //!
 //! Each case builds a small random fleet (1-3 sites, 1-3 racks each, 1-4 servers each, some
 //! unhealthy, two jurisdictions) and runs a random sequence of place / release / re-place
-//! operations with requests scaled so servers really fill up.
+//! / scale operations with requests scaled so servers really fill up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
@@ -32,7 +32,7 @@ fn scenario() -> impl proptest::strategy::Strategy<Value = Scenario> {
         0u64..30,
         any::<u64>(),
         any::<bool>(),
-        prop::collection::vec((0u8..10, any::<u64>()), 1..16),
+        prop::collection::vec((0u8..12, any::<u64>()), 1..16),
     )
         .prop_map(
             |(sites, racks, servers, unhealthy, seed, pack, ops)| Scenario {
@@ -105,37 +105,40 @@ fn run_on(
                 let req = placed.remove(usize::try_from(arg % placed.len() as u64).unwrap());
                 assert!(p.release(&req.consumer).is_some());
             }
-            _ if !placed.is_empty() => {
+            8 | 9 if !placed.is_empty() => {
                 let req = placed[usize::try_from(arg % placed.len() as u64).unwrap()].clone();
                 let replica = u8::try_from(arg % u64::from(req.replicas)).unwrap();
                 let failed =
                     p.allocation(&req.consumer).unwrap().slots[usize::from(replica)].server;
                 p.set_health(failed, Some(sovereign_placement::Unhealthy::Maintenance));
                 if p.replace(&req, replica).is_ok() {
-                    let slots = &p.allocation(&req.consumer).unwrap().slots;
-                    let placements = slots
-                        .iter()
-                        .enumerate()
-                        .map(|(k, sl)| {
-                            let srv = &p.inventory().servers[sl.server];
-                            sovereign_placement::Placement {
-                                replica: u8::try_from(k).unwrap(),
-                                server: srv.name.clone(),
-                                rack: p.inventory().racks[srv.rack].name.clone(),
-                                site: p.inventory().sites[srv.site].name.clone(),
-                                node: None,
-                                utilisation_ppm: 0,
-                            }
-                        })
-                        .collect();
-                    check(
-                        &p,
-                        &req,
-                        &Decision {
-                            consumer: req.consumer.clone(),
-                            placements,
-                        },
-                        &[replica],
+                    check(&p, &req, &decision_of(&p, &req), &[replica]);
+                }
+            }
+            // Scale to 1-4 replicas: new ones keep the others' domains; fewer give capacity back.
+            _ if !placed.is_empty() => {
+                let k = usize::try_from(arg % placed.len() as u64).unwrap();
+                let mut req = placed[k].clone();
+                let want = u8::try_from(arg % 4 + 1).unwrap();
+                let had = req.replicas;
+                req.replicas = want;
+                if want < had {
+                    assert_eq!(
+                        p.shrink(&req.consumer, usize::from(want)),
+                        usize::from(had - want)
+                    );
+                    check(&p, &req, &decision_of(&p, &req), &[]);
+                    placed[k] = req;
+                } else if let Ok(new) = p.grow(&req) {
+                    let fresh: Vec<u8> = new.iter().map(|pl| pl.replica).collect();
+                    assert_eq!(fresh, (had..want).collect::<Vec<u8>>());
+                    check(&p, &req, &decision_of(&p, &req), &fresh);
+                    placed[k] = req;
+                } else {
+                    assert_eq!(
+                        p.allocation(&req.consumer).unwrap().slots.len(),
+                        usize::from(had),
+                        "a refused scale-up changes nothing"
                     );
                 }
             }
@@ -143,6 +146,30 @@ fn run_on(
         }
     }
     p
+}
+
+/// The consumer's whole allocation as a decision (replica k is slot k).
+fn decision_of(p: &Placer, req: &Request) -> Decision {
+    let slots = &p.allocation(&req.consumer).unwrap().slots;
+    let placements = slots
+        .iter()
+        .enumerate()
+        .map(|(k, sl)| {
+            let srv = &p.inventory().servers[sl.server];
+            sovereign_placement::Placement {
+                replica: u8::try_from(k).unwrap(),
+                server: srv.name.clone(),
+                rack: p.inventory().racks[srv.rack].name.clone(),
+                site: p.inventory().sites[srv.site].name.clone(),
+                node: None,
+                utilisation_ppm: 0,
+            }
+        })
+        .collect();
+    Decision {
+        consumer: req.consumer.clone(),
+        placements,
+    }
 }
 
 fn ledger_totals(p: &Placer) -> (Vec<Resources>, Vec<Resources>, Vec<Resources>, Vec<u64>) {
@@ -244,6 +271,26 @@ proptest! {
         }
         prop_assert_eq!(ledger_totals(&p), before);
         prop_assert_eq!(p.tenant_used(&req.tenant.name), tenant_before);
+    }
+
+    /// Scaling a placed workload up and back down restores every aggregate exactly.
+    #[test]
+    fn scaling_up_and_back_restores_capacity_exactly(s in scenario(), extra in any::<u64>()) {
+        let mut p = run(&s, |_, _, _, _| {});
+        let ts = tenant_set(&s.spec, s.seed ^ 1);
+        let mut req = scaled(&mut Rng::new(extra), &ts, 1_000_000);
+        req.replicas = 1;
+        if p.place(&req).is_ok() {
+            let before = ledger_totals(&p);
+            let tenant_before = p.tenant_used(&req.tenant.name);
+            req.replicas = u8::try_from(extra % 3 + 2).unwrap();
+            if let Ok(new) = p.grow(&req) {
+                prop_assert_eq!(new.len(), usize::from(req.replicas) - 1);
+                prop_assert_eq!(p.shrink(&req.consumer, 1), new.len());
+            }
+            prop_assert_eq!(ledger_totals(&p), before);
+            prop_assert_eq!(p.tenant_used(&req.tenant.name), tenant_before);
+        }
     }
 
     /// Same inputs, same answer: even when the inventory arrives in another order.

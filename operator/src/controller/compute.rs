@@ -12,16 +12,170 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use sovereign_crds::workload::{InstanceReplica, ReplicaState};
 use sovereign_crds::{ComputeInstance, ComputeInstanceStatus, ConditionStatus, Phase};
+use sovereign_placement::Placement;
 
 use super::conditions::Desired;
 use super::ledger::Workload;
 use super::materialise;
+use super::scale;
+use super::workloads;
 use super::workloads::{
     Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, apply_child, ask, carried,
     delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
     write_status,
 };
 use super::{Context, Error};
+
+/// The status entry of a replica placed on `p`.
+fn replica(c: &ComputeInstance, p: &Placement, state: ReplicaState) -> InstanceReplica {
+    InstanceReplica {
+        index: p.replica,
+        server: p.server.clone(),
+        rack: Some(p.rack.clone()),
+        site: Some(p.site.clone()),
+        node: p.node.clone(),
+        pod: Some(materialise::pod_name(c, p.replica)),
+        state,
+    }
+}
+
+/// The stored conditions with Placed naming where the replicas now are.
+fn placed_conditions(
+    stored: &ComputeInstanceStatus,
+    replicas: &[InstanceReplica],
+    c: &ComputeInstance,
+) -> Vec<sovereign_crds::Condition> {
+    let where_: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            (
+                r.server.clone(),
+                r.rack.clone().unwrap_or_default(),
+                r.site.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    workloads::placed_conditions(&stored.conditions, &where_, c.metadata.generation)
+}
+
+/// Finishes a scale-down: the Releasing replicas' Pods are deleted, then their capacity given
+/// back, then their status entries dropped (a crash in between repeats the deletes).
+async fn release_replicas(
+    ctx: &Context,
+    c: &ComputeInstance,
+    stored: &ComputeInstanceStatus,
+    keep: usize,
+) -> Result<Action, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let leaving: Vec<&InstanceReplica> = stored
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Releasing)
+        .collect();
+    for r in &leaving {
+        let name = r
+            .pod
+            .clone()
+            .unwrap_or_else(|| materialise::pod_name(c, r.index));
+        delete_ignoring_absent(pods.clone(), &name).await?;
+    }
+    scale::release(ctx, Workload::Instance(c), keep)?;
+    let mut status = stored.clone();
+    status
+        .replicas
+        .retain(|r| r.state != ReplicaState::Releasing);
+    status.conditions = placed_conditions(stored, &status.replicas, c);
+    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+    write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
+    let gone: Vec<String> = leaving
+        .iter()
+        .map(|r| format!("{} on {}", r.index, r.server))
+        .collect();
+    let note = format!(
+        "released replicas {}: Pods deleted, capacity given back",
+        gone.join(", ")
+    );
+    scale::announce(ctx, c, "ReplicasReleased", note).await;
+    Ok(Action::await_change())
+}
+
+/// Creates each replica's Pod on its node, recreates deleted ones, and replaces Pods of an older
+/// template (image, command, args) one at a time: an outdated Pod is deleted only while every
+/// other replica has its Pod. Returns how many Pods still run an older template.
+async fn bind_pods(
+    ctx: &Context,
+    c: &ComputeInstance,
+    tenant: &str,
+    replicas: &mut [InstanceReplica],
+) -> Result<usize, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let name_of = |r: &InstanceReplica| {
+        r.pod
+            .clone()
+            .unwrap_or_else(|| materialise::pod_name(c, r.index))
+    };
+    let mut live = Vec::with_capacity(replicas.len());
+    for r in replicas.iter() {
+        let name = name_of(r);
+        live.push(pods.get_opt(&name).await.map_err(|source| Error::Apply {
+            what: format!("Pod {name}"),
+            source,
+        })?);
+    }
+    let terminating = |p: &Pod| p.metadata.deletion_timestamp.is_some();
+    // A replica without a live Pod is already down: no other may be taken down for a rollout.
+    let mut disrupted = live.iter().any(|p| p.as_ref().is_none_or(terminating));
+    let mut outdated = 0;
+    for (r, live) in replicas.iter_mut().zip(live) {
+        let Some(node) = r.node.clone() else {
+            r.state = ReplicaState::Pending;
+            continue;
+        };
+        let name = name_of(r);
+        let running = match live {
+            // The replica moved: the old Pod goes first (same name), the next pass recreates it.
+            Some(p)
+                if !terminating(&p)
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                        != Some(node.as_str()) =>
+            {
+                delete_ignoring_absent(pods.clone(), &name).await?;
+                false
+            }
+            Some(p) if !terminating(&p) => {
+                let current = materialise::runs_current_template(c, &p);
+                if !current {
+                    outdated += 1;
+                }
+                if !current && !disrupted {
+                    disrupted = true;
+                    delete_ignoring_absent(pods.clone(), &name).await?;
+                    tracing::info!(target: "sovereign::audit", decision = "rollout",
+                        object = %format!("ComputeInstance/{}/{}", c.namespace().unwrap_or_default(), c.name_any()),
+                        pod = %name, "pod replaced: the instance's image, command or args changed");
+                    false
+                } else {
+                    p.status
+                        .and_then(|s| s.phase)
+                        .is_some_and(|ph| ph == "Running")
+                }
+            }
+            // Terminating: recreated once gone (a Pod's spec is immutable, the name is reused).
+            Some(_) => false,
+            None => {
+                apply_child(ctx, &materialise::pod(c, tenant, r.index, &node)).await?;
+                false
+            }
+        };
+        // Bound to its node is materialised (there may be no kubelet to run it yet).
+        r.state = if running {
+            ReplicaState::Ready
+        } else {
+            ReplicaState::Placed
+        };
+    }
+    Ok(outdated)
+}
 
 async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
@@ -56,15 +210,7 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
                     let replicas: Vec<InstanceReplica> = d
                         .placements
                         .iter()
-                        .map(|p| InstanceReplica {
-                            index: p.replica,
-                            server: p.server.clone(),
-                            rack: Some(p.rack.clone()),
-                            site: Some(p.site.clone()),
-                            node: p.node.clone(),
-                            pod: Some(materialise::pod_name(c, p.replica)),
-                            state: ReplicaState::Placed,
-                        })
+                        .map(|p| replica(c, p, ReplicaState::Placed))
                         .collect();
                     let where_: Vec<_> = d
                         .placements
@@ -129,6 +275,11 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         });
     }
 
+    let replica_states: Vec<ReplicaState> = stored.replicas.iter().map(|r| r.state).collect();
+    if let scale::Step::Release { keep } = scale::step(c.spec.replicas, &replica_states) {
+        return release_replicas(ctx, c, &stored, keep).await;
+    }
+
     let on: Vec<(u8, String, String)> = stored
         .replicas
         .iter()
@@ -145,15 +296,7 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         Some(Move::To(p, from, reason)) => {
             let mut status = stored.clone();
             if let Some(r) = status.replicas.iter_mut().find(|r| r.index == p.replica) {
-                *r = InstanceReplica {
-                    index: p.replica,
-                    server: p.server.clone(),
-                    rack: Some(p.rack.clone()),
-                    site: Some(p.site.clone()),
-                    node: p.node.clone(),
-                    pod: Some(materialise::pod_name(c, p.replica)),
-                    state: ReplicaState::Replacing,
-                };
+                *r = replica(c, &p, ReplicaState::Replacing);
             }
             status.phase = Phase::Degraded;
             status.conditions = moving_conditions(
@@ -173,50 +316,65 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         None => {}
     }
 
-    let mut status = stored.clone();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for r in &mut status.replicas {
-        let Some(node) = r.node.clone() else {
-            r.state = ReplicaState::Pending;
-            continue;
-        };
-        let name = r
-            .pod
-            .clone()
-            .unwrap_or_else(|| materialise::pod_name(c, r.index));
-        // A Pod deleted by anyone is recreated on the same placement; an existing one is left
-        // as it is (a Pod's spec is immutable).
-        let live = pods.get_opt(&name).await.map_err(|source| Error::Apply {
-            what: format!("Pod {name}"),
-            source,
-        })?;
-        let running = match live {
-            // The replica moved: the old Pod goes first (same name), the next pass recreates it.
-            Some(p)
-                if p.metadata.deletion_timestamp.is_none()
-                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                        != Some(node.as_str()) =>
-            {
-                delete_ignoring_absent(pods.clone(), &name).await?;
-                false
+    // A changed replica count: new replicas are written before their Pods exist; extra ones are
+    // marked Releasing before their Pods go.
+    let mut retry_soon = false;
+    match scale::step(c.spec.replicas, &replica_states) {
+        _ if degraded.is_true() => {}
+        scale::Step::Shrink { keep } => {
+            let mut status = stored.clone();
+            for r in status.replicas.iter_mut().skip(keep) {
+                r.state = ReplicaState::Releasing;
             }
-            Some(p) if p.metadata.deletion_timestamp.is_none() => p
-                .status
-                .and_then(|s| s.phase)
-                .is_some_and(|ph| ph == "Running"),
-            Some(_) => false,
-            None => {
-                apply_child(ctx, &materialise::pod(c, &tenant, r.index, &node)).await?;
-                false
+            let value = serde_json::to_value(&status).map_err(Error::Json)?;
+            write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
+            let note = format!("scaling down to {keep}: the Pods of replicas {keep}.. go");
+            scale::announce(ctx, c, "ScalingDown", note).await;
+            return Ok(Action::await_change());
+        }
+        scale::Step::Grow => {
+            let have = stored.replicas.len();
+            match scale::grow(
+                ctx,
+                Workload::Instance(c),
+                &tenant,
+                "ComputeInstance",
+                c,
+                have,
+                c.spec.replicas,
+            )? {
+                scale::Grown::Placed(placements) => {
+                    let mut status = stored.clone();
+                    status.replicas.extend(
+                        placements
+                            .iter()
+                            .map(|p| replica(c, p, ReplicaState::Placed)),
+                    );
+                    // Bound again once the new replicas are materialised.
+                    status.phase = Phase::Pending;
+                    status.conditions = placed_conditions(&stored, &status.replicas, c);
+                    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+                    write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
+                    let where_: Vec<String> = placements.iter().map(|p| p.server.clone()).collect();
+                    let note = format!(
+                        "scaled up to {}: new pods on {}",
+                        c.spec.replicas,
+                        where_.join(", ")
+                    );
+                    scale::announce(ctx, c, "ScaledUp", note).await;
+                    return Ok(Action::await_change());
+                }
+                scale::Grown::Refused(d) => {
+                    degraded = d;
+                    retry_soon = true;
+                }
             }
-        };
-        // Bound to its node is materialised (there may be no kubelet to run it yet).
-        r.state = if running {
-            ReplicaState::Ready
-        } else {
-            ReplicaState::Placed
-        };
+        }
+        scale::Step::Steady | scale::Step::Release { .. } => {}
     }
+
+    let mut status = stored.clone();
+    let outdated = bind_pods(ctx, c, &tenant, &mut status.replicas).await?;
     let total = status.replicas.len();
     status.phase = if degraded.is_true() {
         Phase::Degraded
@@ -231,17 +389,25 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
     let desired = [
         Desired::new(
             "Ready",
-            if running == total {
+            if running == total && outdated == 0 {
                 ConditionStatus::True
             } else {
                 ConditionStatus::False
             },
-            if running == total {
+            if outdated > 0 {
+                "RollingOut"
+            } else if running == total {
                 "Running"
             } else {
                 "PodsBound"
             },
-            format!("{total} pods bound to their nodes, {running} running"),
+            if outdated > 0 {
+                format!(
+                    "{total} pods bound to their nodes, {running} running, {outdated} still on the previous image, command or args (replaced one at a time)"
+                )
+            } else {
+                format!("{total} pods bound to their nodes, {running} running")
+            },
         ),
         degraded,
     ];
@@ -261,7 +427,11 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         .await?;
         super::hardware::publish(ctx, &c.object_ref(&()), &transitions).await;
     }
-    Ok(Action::requeue(Duration::from_mins(10)))
+    Ok(if retry_soon {
+        Action::requeue(RETRY_REFUSED)
+    } else {
+        Action::requeue(Duration::from_mins(10))
+    })
 }
 
 fn cleanup_instance(ctx: &Context, c: &ComputeInstance) -> Action {

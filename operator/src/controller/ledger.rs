@@ -143,6 +143,31 @@ fn slots(placer: &Placer, req: &Request, servers: &[String]) -> Option<Vec<Slot>
         .collect()
 }
 
+/// Holds a consumer's allocation as pending until the watch shows its status with the same
+/// servers (a rebuild in between must not forget a change only this process knows).
+fn hold(state: &mut State, request: Request) {
+    let Some(placer) = state.placer.as_ref() else {
+        return;
+    };
+    let servers: Vec<String> = placer
+        .allocation(&request.consumer)
+        .map(|a| {
+            a.slots
+                .iter()
+                .map(|s| placer.inventory().servers[s.server].name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    state.pending.insert(
+        request.consumer.clone(),
+        Pending {
+            tenant: request.tenant.name.clone(),
+            servers,
+            request,
+        },
+    );
+}
+
 impl Ledger {
     pub fn new(options: LedgerOptions) -> Self {
         Self {
@@ -276,25 +301,51 @@ impl Ledger {
         };
         let moved = placer.replace(&req, replica);
         if moved.is_ok() {
-            let servers: Vec<String> = placer
-                .allocation(&req.consumer)
-                .map(|a| {
-                    a.slots
-                        .iter()
-                        .map(|s| placer.inventory().servers[s.server].name.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            state.pending.insert(
-                req.consumer.clone(),
-                Pending {
-                    tenant: req.tenant.name.clone(),
-                    servers,
-                    request: req,
-                },
-            );
+            hold(&mut state, req);
         }
         Ok(moved)
+    }
+
+    /// Adds replicas to the `have` the status records, up to the spec's count, within the same
+    /// policy and keeping the others' failure domains: the new placements, or why not. Replicas
+    /// the books hold beyond `have` (a grow whose status write failed) are dropped first, so a
+    /// retry places afresh instead of holding capacity no status names.
+    pub fn grow(
+        &self,
+        ctx: &Context,
+        w: Workload<'_>,
+        have: usize,
+    ) -> Result<Result<Vec<sovereign_placement::Placement>, Refusal>, LedgerError> {
+        let mut state = self.lock();
+        self.refresh(ctx, &mut state)?;
+        let req = w
+            .request(&state.tenants, &self.options.power)
+            .map_err(|e| LedgerError::Request(e.to_string()))?;
+        let Some(placer) = state.placer.as_mut() else {
+            return Err(LedgerError::Inventory("no inventory".into()));
+        };
+        let dropped = placer.shrink(&req.consumer, have) > 0;
+        let grown = placer.grow(&req);
+        if dropped || grown.is_ok() {
+            hold(&mut state, req);
+        }
+        Ok(grown)
+    }
+
+    /// Gives back the capacity of replicas from index `keep` on (their children are gone).
+    pub fn shrink(&self, ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(), LedgerError> {
+        let mut state = self.lock();
+        self.refresh(ctx, &mut state)?;
+        let req = w
+            .request(&state.tenants, &self.options.power)
+            .map_err(|e| LedgerError::Request(e.to_string()))?;
+        let Some(placer) = state.placer.as_mut() else {
+            return Err(LedgerError::Inventory("no inventory".into()));
+        };
+        if placer.shrink(&req.consumer, keep) > 0 {
+            hold(&mut state, req);
+        }
+        Ok(())
     }
 
     /// Gives a workload's capacity back (deleted, or its status write was refused).

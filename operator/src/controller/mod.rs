@@ -10,6 +10,7 @@ pub mod materialise;
 pub mod metrics;
 pub mod moves;
 pub mod rollup;
+mod scale;
 pub mod server_status;
 pub mod storage;
 pub mod tenant;
@@ -29,6 +30,14 @@ use tokio::sync::watch;
 
 pub use metrics::ControllerMetrics;
 pub use server_status::StatusPolicy;
+
+/// FNV-1a: stable across processes, releases and toolchains (std's hasher is not), for names and
+/// fingerprints that outlive the process.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Errors of one reconcile, by stage, each with a condition/Event reason and a metric label.
 #[derive(Debug, Error)]

@@ -73,10 +73,7 @@ impl StatusPolicy {
     /// the name. A fleet whose statuses were written together (a restart) does not beat
     /// together, and steady telemetry stays under one write per server per heartbeat.
     pub fn heartbeat_for(&self, name: &str) -> Duration {
-        // FNV-1a: stable across processes and releases, unlike std's hasher.
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = super::stable_hash(name.as_bytes());
         let spread = u64::try_from((self.heartbeat / 5).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);

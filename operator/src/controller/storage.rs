@@ -14,16 +14,92 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use sovereign_crds::workload::{ReplicaState, VolumeReplica};
 use sovereign_crds::{ConditionStatus, Phase, StorageVolume, StorageVolumeStatus};
+use sovereign_placement::Placement;
 
 use super::conditions::Desired;
 use super::ledger::Workload;
 use super::materialise;
+use super::scale;
+use super::workloads;
 use super::workloads::{
     Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, apply_child, ask, carried,
     delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
     write_status,
 };
 use super::{Context, Error};
+
+/// The status entry of a replica placed on `p`.
+fn replica(v: &StorageVolume, p: &Placement, state: ReplicaState) -> VolumeReplica {
+    VolumeReplica {
+        index: p.replica,
+        server: p.server.clone(),
+        rack: p.rack.clone(),
+        site: p.site.clone(),
+        node: p.node.clone(),
+        pv: Some(materialise::pv_name(v, p.replica, &p.server)),
+        pvc: Some(materialise::pvc_name(v, p.replica, &p.server)),
+        state,
+    }
+}
+
+/// The stored conditions with Placed naming where the replicas now are.
+fn placed_conditions(
+    stored: &StorageVolumeStatus,
+    replicas: &[VolumeReplica],
+    v: &StorageVolume,
+) -> Vec<sovereign_crds::Condition> {
+    let where_: Vec<_> = replicas
+        .iter()
+        .map(|r| (r.server.clone(), r.rack.clone(), r.site.clone()))
+        .collect();
+    workloads::placed_conditions(&stored.conditions, &where_, v.metadata.generation)
+}
+
+/// Finishes a scale-down: the Releasing replicas' PVCs and PVs go, then their capacity, then
+/// their status entries (a crash in between repeats the deletes, which find nothing).
+async fn release_replicas(
+    ctx: &Context,
+    v: &StorageVolume,
+    stored: &StorageVolumeStatus,
+    keep: usize,
+) -> Result<Action, Error> {
+    let ns = v.namespace().unwrap_or_default();
+    let leaving: Vec<&VolumeReplica> = stored
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Releasing)
+        .collect();
+    for r in &leaving {
+        if let Some(pvc) = &r.pvc {
+            delete_ignoring_absent(
+                Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
+                pvc,
+            )
+            .await?;
+        }
+        if let Some(pv) = &r.pv {
+            delete_ignoring_absent(Api::<PersistentVolume>::all(ctx.client.clone()), pv).await?;
+        }
+    }
+    scale::release(ctx, Workload::Volume(v), keep)?;
+    let mut status = stored.clone();
+    status
+        .replicas
+        .retain(|r| r.state != ReplicaState::Releasing);
+    status.conditions = placed_conditions(stored, &status.replicas, v);
+    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+    write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
+    let gone: Vec<String> = leaving
+        .iter()
+        .map(|r| format!("{} on {}", r.index, r.server))
+        .collect();
+    let note = format!(
+        "released replicas {}: PersistentVolumes deleted, capacity given back",
+        gone.join(", ")
+    );
+    scale::announce(ctx, v, "ReplicasReleased", note).await;
+    Ok(Action::await_change())
+}
 
 async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error> {
     let ns = v.namespace().unwrap_or_default();
@@ -58,16 +134,7 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
                     let replicas: Vec<VolumeReplica> = d
                         .placements
                         .iter()
-                        .map(|p| VolumeReplica {
-                            index: p.replica,
-                            server: p.server.clone(),
-                            rack: p.rack.clone(),
-                            site: p.site.clone(),
-                            node: p.node.clone(),
-                            pv: Some(materialise::pv_name(v, p.replica, &p.server)),
-                            pvc: Some(materialise::pvc_name(v, p.replica, &p.server)),
-                            state: ReplicaState::Placed,
-                        })
+                        .map(|p| replica(v, p, ReplicaState::Placed))
                         .collect();
                     let where_: Vec<_> = d
                         .placements
@@ -133,6 +200,11 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         });
     }
 
+    let replica_states: Vec<ReplicaState> = stored.replicas.iter().map(|r| r.state).collect();
+    if let scale::Step::Release { keep } = scale::step(v.spec.replicas, &replica_states) {
+        return release_replicas(ctx, v, &stored, keep).await;
+    }
+
     // Move a replica off an unschedulable server: the new home is written first.
     let on: Vec<(u8, String, String)> = stored
         .replicas
@@ -144,16 +216,7 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         Some(Move::To(p, from, reason)) => {
             let mut status = stored.clone();
             if let Some(r) = status.replicas.iter_mut().find(|r| r.index == p.replica) {
-                *r = VolumeReplica {
-                    index: p.replica,
-                    server: p.server.clone(),
-                    rack: p.rack.clone(),
-                    site: p.site.clone(),
-                    node: p.node.clone(),
-                    pv: Some(materialise::pv_name(v, p.replica, &p.server)),
-                    pvc: Some(materialise::pvc_name(v, p.replica, &p.server)),
-                    state: ReplicaState::Replacing,
-                };
+                *r = replica(v, &p, ReplicaState::Replacing);
             }
             status.phase = Phase::Degraded;
             status.conditions = moving_conditions(
@@ -171,6 +234,65 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         }
         Some(Move::Held(d)) => degraded = d,
         None => {}
+    }
+
+    // A changed replica count: new replicas are written before anything exists for them; extra
+    // ones are marked Releasing before their children go.
+    let mut retry_soon = false;
+    match scale::step(v.spec.replicas, &replica_states) {
+        _ if degraded.is_true() => {}
+        scale::Step::Shrink { keep } => {
+            let mut status = stored.clone();
+            for r in status.replicas.iter_mut().skip(keep) {
+                r.state = ReplicaState::Releasing;
+            }
+            let value = serde_json::to_value(&status).map_err(Error::Json)?;
+            write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
+            let note = format!(
+                "scaling down to {keep}: replicas {keep}.. release their PersistentVolumes"
+            );
+            scale::announce(ctx, v, "ScalingDown", note).await;
+            return Ok(Action::await_change());
+        }
+        scale::Step::Grow => {
+            let have = stored.replicas.len();
+            match scale::grow(
+                ctx,
+                Workload::Volume(v),
+                &tenant,
+                "StorageVolume",
+                v,
+                have,
+                v.spec.replicas,
+            )? {
+                scale::Grown::Placed(placements) => {
+                    let mut status = stored.clone();
+                    status.replicas.extend(
+                        placements
+                            .iter()
+                            .map(|p| replica(v, p, ReplicaState::Placed)),
+                    );
+                    // Bound again once the new replicas are materialised.
+                    status.phase = Phase::Pending;
+                    status.conditions = placed_conditions(&stored, &status.replicas, v);
+                    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+                    write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
+                    let where_: Vec<String> = placements.iter().map(|p| p.server.clone()).collect();
+                    let note = format!(
+                        "scaled up to {}: new replicas on {}",
+                        v.spec.replicas,
+                        where_.join(", ")
+                    );
+                    scale::announce(ctx, v, "ScaledUp", note).await;
+                    return Ok(Action::await_change());
+                }
+                scale::Grown::Refused(d) => {
+                    degraded = d;
+                    retry_soon = true;
+                }
+            }
+        }
+        scale::Step::Steady | scale::Step::Release { .. } => {}
     }
 
     // Materialise what the status records.
@@ -263,7 +385,9 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         .await?;
         super::hardware::publish(ctx, &v.object_ref(&()), &transitions).await;
     }
-    Ok(if all {
+    Ok(if retry_soon {
+        Action::requeue(RETRY_REFUSED)
+    } else if all {
         Action::requeue(Duration::from_mins(10))
     } else {
         // The PVC turning Bound wakes us (owned objects are watched); this is the fallback.

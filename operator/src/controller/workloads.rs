@@ -156,6 +156,26 @@ pub(super) fn placed_message(servers: &[(String, String, String)]) -> String {
     format!("replicas on {}", parts.join("; "))
 }
 
+/// The stored conditions with Placed naming where the replicas now are (server, rack, site).
+pub(super) fn placed_conditions(
+    stored: &[sovereign_crds::Condition],
+    where_: &[(String, String, String)],
+    generation: Option<i64>,
+) -> Vec<sovereign_crds::Condition> {
+    let placed = Desired::new(
+        "Placed",
+        ConditionStatus::True,
+        "Placed",
+        placed_message(where_),
+    );
+    let desired: Vec<Desired> = ["Ready", "Degraded"]
+        .iter()
+        .filter_map(|t| carried(stored, t))
+        .chain([placed])
+        .collect();
+    merge(stored, &desired, generation).0
+}
+
 pub(super) fn refusal_reason(r: &Refusal) -> &'static str {
     match r {
         Refusal::Quota { .. } => "QuotaExceeded",
