@@ -22,18 +22,10 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use sovereign_crds::{ComputeInstance, Phase, Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_tests::bench::arg;
 use sovereign_tests::e2e::{ChildGuard, FakeNode, bmc_sample, cluster, spawn_operator};
 
 const NS: &str = "sovereign-system";
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn operator(kubeconfig: &Path, port: u16, run: u32) -> ChildGuard {
     spawn_operator(

@@ -30,37 +30,16 @@ use serde_json::json;
 use sovereign_crds::Server;
 use sovereign_telemetry::proto::{self, BmcSummary, Sample, Source, sample::Body};
 use sovereign_telemetry::publisher::{self, PublisherConfig};
+use sovereign_tests::bench::{arg, quantile, rss_kib};
 use sovereign_tests::e2e::{ChildGuard, audit_mark, audit_writes, cluster, free_port};
 
 const NS: &str = "sovereign-system";
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn sample(server: &str, at: i64, tick: u64, critical: bool) -> Sample {
@@ -280,12 +259,7 @@ async fn main() {
     let steady = op_writes.saturating_sub(flips);
     let per_server_per_5min = steady as f64 / servers as f64 / (counted.as_secs_f64() / 300.0);
     let mut l = latencies.lock().unwrap().clone();
-    l.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        l.get(((l.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let (p50, p99) = (quantile(&mut l, 0.5), quantile(&mut l, 0.99));
     println!(
         "servers {servers}, interval {interval:?}, counted {:.0} s",
         counted.as_secs_f64()
@@ -302,8 +276,8 @@ async fn main() {
     println!(
         "health change → status: {} samples, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         l.len(),
-        pct(0.5),
-        pct(0.99),
+        p50,
+        p99,
         l.last().copied().unwrap_or(f64::NAN)
     );
     println!(

@@ -7,6 +7,7 @@
 //! Messages are rendered in the API server's words so a sample's expected message can be checked
 //! here and against a real cluster alike.
 
+pub mod bench;
 pub mod chart;
 pub mod e2e;
 pub mod fakeapi;
