@@ -219,7 +219,7 @@ async fn main() {
     for r in 0..nodes.div_ceil(20) {
         cluster
             .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Rack", "metadata": {"name": format!("{p}-r{r}")},
-                "spec": {"site": site, "powerBudgetWatts": 500_000, "maxInletCelsius": 35}}))
+                "spec": {"site": site, "powerBudgetWatts": 250_000, "maxInletCelsius": 35}}))
             .await
             .unwrap();
     }

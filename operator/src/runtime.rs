@@ -223,11 +223,23 @@ fn tenant_controller(
 }
 
 /// Workloads with a replica on a server (to re-place them when it fails).
-fn on_server<K>(store: &Store<K>, server: &Server) -> Vec<ObjectRef<K>>
+fn on_server<K>(store: &Store<K>, servers: &Store<Server>, server: &Server) -> Vec<ObjectRef<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + HasReplicas + 'static,
 {
     let name = server.metadata.name.as_deref().unwrap_or_default();
+    // Only a server replicas must leave concerns its workloads: unschedulable, or gone from
+    // the store (deleted). Every other status write (heartbeats, the allocation the ledger
+    // publishes on each placement) would wake all its workloads for nothing, and each mapping
+    // scans every workload.
+    let schedulable = server
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Schedulable"))
+        .is_some_and(|c| c.status == sovereign_crds::ConditionStatus::True);
+    if schedulable && servers.get(&ObjectRef::from(server)).is_some() {
+        return Vec::new();
+    }
     store
         .state()
         .iter()
@@ -527,6 +539,7 @@ pub async fn run(
 
     let volume_store = ctx.volumes.clone();
     let instance_store = ctx.instances.clone();
+    let (volume_servers, instance_servers) = (ctx.servers.clone(), ctx.servers.clone());
     let volume_controller = Controller::for_shared_stream(volume_events, volumes.clone())
         .with_config(config.clone())
         .owns(
@@ -535,7 +548,7 @@ pub async fn run(
         )
         // A server turning unschedulable wakes the volumes with a replica on it.
         .watches_shared_stream(servers_to_volumes, move |s: Arc<Server>| {
-            on_server(&volume_store, &s)
+            on_server(&volume_store, &volume_servers, &s)
         })
         // A tenant's classification raised or residency narrowed: its replicas are re-checked.
         .watches_shared_stream(tenants_to_volumes, {
@@ -558,7 +571,7 @@ pub async fn run(
             watcher::Config::default().labels(&managed),
         )
         .watches_shared_stream(servers_to_instances, move |s: Arc<Server>| {
-            on_server(&instance_store, &s)
+            on_server(&instance_store, &instance_servers, &s)
         })
         // A tenant's classification raised or residency narrowed: its replicas are re-checked.
         .watches_shared_stream(tenants_to_instances, {
@@ -667,5 +680,43 @@ mod tests {
         let e = readable(Event::Apply(guard("good", &json!("r2"))), &store, "Server").unwrap();
         writer.apply_watcher_event(&e);
         assert_eq!(store.state()[0].spec.rack, "r2");
+    }
+
+    fn server(name: &str, schedulable: &str) -> Server {
+        serde_json::from_value(json!({
+            "apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
+            "metadata": {"name": name},
+            "spec": {"rack": "r1", "bmc": {"address": "https://10.0.0.1",
+                "credentialsSecretRef": {"name": "bmc", "namespace": "ns"}}},
+            "status": {"conditions": [{"type": "Schedulable", "status": schedulable, "reason": "X",
+                "message": "", "lastTransitionTime": "2026-11-29T00:00:00Z"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_server_replicas_must_leave_wakes_its_workloads() {
+        let (volumes, mut vw) = reflector::store::<sovereign_crds::StorageVolume>();
+        vw.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
+                "metadata": {"name": "db", "namespace": "t"},
+                "spec": {"size": "1Gi", "tier": "ssd"},
+                "status": {"phase": "Bound", "replicas": [{"index": 0, "server": "s1", "rack": "r1", "site": "x", "state": "Ready"}]}
+            }))
+            .unwrap(),
+        ));
+        let (servers, mut sw) = reflector::store::<Server>();
+        let fine = server("s1", "True");
+        sw.apply_watcher_event(&Event::Apply(fine.clone()));
+        // A heartbeat or an allocation update of a schedulable server: nothing to do.
+        assert!(super::on_server(&volumes, &servers, &fine).is_empty());
+        // Unschedulable: its volume is woken to move.
+        let failing = server("s1", "False");
+        sw.apply_watcher_event(&Event::Apply(failing.clone()));
+        assert_eq!(super::on_server(&volumes, &servers, &failing).len(), 1);
+        // Deleted (gone from the store), even with a schedulable last state.
+        sw.apply_watcher_event(&Event::Delete(fine.clone()));
+        assert_eq!(super::on_server(&volumes, &servers, &fine).len(), 1);
     }
 }

@@ -1,5 +1,7 @@
 //! Building the engine's inputs from the Sovereign API objects (pure conversion, no I/O).
 
+use std::borrow::Borrow;
+
 use sovereign_crds::quantity::QuantityError;
 use sovereign_crds::server::IntrusionState;
 use sovereign_crds::{
@@ -131,16 +133,18 @@ fn encryption_capable(server: &Server, policy: &HealthPolicy) -> bool {
 }
 
 /// Builds the inventory from Sites, Racks and Servers.
+/// Takes owned objects or shared ones (`Arc`s from a reflector store) alike.
 pub fn inventory(
-    sites: &[Site],
-    racks: &[Rack],
-    servers: &[Server],
+    sites: &[impl Borrow<Site>],
+    racks: &[impl Borrow<Rack>],
+    servers: &[impl Borrow<Server>],
     capacity: &CapacityPolicy,
     health: &HealthPolicy,
 ) -> Result<Inventory, ConvertError> {
     let sites = sites
         .iter()
-        .map(|s| crate::model::Site {
+        .map(Borrow::borrow)
+        .map(|s: &Site| crate::model::Site {
             name: name(&s.metadata),
             jurisdiction: s.spec.jurisdiction.0.clone(),
             security_tier: s.spec.security_tier,
@@ -148,7 +152,8 @@ pub fn inventory(
         .collect();
     let racks = racks
         .iter()
-        .map(|r| RackInput {
+        .map(Borrow::borrow)
+        .map(|r: &Rack| RackInput {
             name: name(&r.metadata),
             site: r.spec.site.clone(),
             power_budget_watts: u64::from(r.spec.power_budget_watts),
@@ -161,7 +166,8 @@ pub fn inventory(
         .collect();
     let servers = servers
         .iter()
-        .map(|s| {
+        .map(Borrow::borrow)
+        .map(|s: &Server| {
             let object = format!("Server {}", name(&s.metadata));
             // Measured capacity wins over the asset register's declaration.
             let total = s
@@ -246,17 +252,20 @@ pub fn tenant_for_namespace<'a>(
 }
 
 /// A tenant policy with the namespaces it owns.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantPolicyWithNamespaces {
     pub policy: TenantPolicy,
     pub namespaces: Vec<String>,
 }
 
 /// Policies of all tenants with their namespaces.
-pub fn tenants(tenants: &[Tenant]) -> Result<Vec<TenantPolicyWithNamespaces>, ConvertError> {
+pub fn tenants(
+    tenants: &[impl Borrow<Tenant>],
+) -> Result<Vec<TenantPolicyWithNamespaces>, ConvertError> {
     tenants
         .iter()
-        .map(|t| {
+        .map(Borrow::borrow)
+        .map(|t: &Tenant| {
             let mut namespaces = t.spec.namespaces.clone();
             if namespaces.is_empty() {
                 namespaces.push(name(&t.metadata));

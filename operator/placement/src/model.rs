@@ -123,6 +123,15 @@ pub struct Inventory {
     pub(crate) server_index: HashMap<String, usize>,
 }
 
+/// Equal when sites, racks and servers are (the index follows from them).
+impl PartialEq for Inventory {
+    fn eq(&self, other: &Self) -> bool {
+        self.sites == other.sites && self.racks == other.racks && self.servers == other.servers
+    }
+}
+
+impl Eq for Inventory {}
+
 /// Server as given to the builder, before racks are resolved.
 #[derive(Clone, Debug)]
 pub struct ServerInput {

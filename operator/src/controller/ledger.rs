@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 use sovereign_placement::from_crds::{self, HealthPolicy, PowerModel, TenantPolicyWithNamespaces};
 use sovereign_placement::{CapacityPolicy, Decision, Placer, Refusal, Request, Slot, Strategy};
 
@@ -52,6 +53,8 @@ struct State {
     fingerprint: u64,
     tenants: Vec<TenantPolicyWithNamespaces>,
     pending: HashMap<String, Pending>,
+    /// The lease's channel as this ledger last saw it (None: no election, or not built yet).
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The ledger; one per process, used by the leader only.
@@ -143,6 +146,28 @@ fn slots(placer: &Placer, req: &Request, servers: &[String]) -> Option<Vec<Slot>
         .collect()
 }
 
+/// Forgets pending decisions the watch now shows in status (a rebuild would read them there).
+fn prune_pending(ctx: &Context, state: &mut State) {
+    state.pending.retain(|consumer, p| {
+        let mut parts = consumer.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let shown = match kind {
+            "StorageVolume" => ctx
+                .volumes
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|v| Workload::Volume(&v).servers()),
+            "ComputeInstance" => ctx
+                .instances
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|c| Workload::Instance(&c).servers()),
+            _ => None,
+        };
+        shown.as_ref() != Some(&p.servers)
+    });
+}
+
 /// Holds a consumer's allocation as pending until the watch shows its status with the same
 /// servers (a rebuild in between must not forget a change only this process knows).
 fn hold(state: &mut State, request: Request) {
@@ -182,10 +207,24 @@ impl Ledger {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Rebuilds the books when the inventory changed since the last build.
+    /// Rebuilds the books when what placement reads (the inventory: servers' capacity, health
+    /// and racks' power; the tenants' policies) changed since the last build, or leadership
+    /// changed hands (another leader may have placed meanwhile). Status writes that change
+    /// nothing placement reads (a heartbeat, the allocation this ledger published, a tenant's
+    /// usage) only move the fingerprint: rebuilding on each of them made every placement
+    /// re-read every workload.
     fn refresh(&self, ctx: &Context, state: &mut State) -> Result<(), LedgerError> {
+        if state.placer.is_none() {
+            state.leadership = ctx.leader.subscribe();
+        }
+        let handed_over = state.leadership.as_mut().is_some_and(|rx| {
+            let changed = rx.has_changed().unwrap_or(false);
+            rx.mark_unchanged();
+            changed
+        });
         let fp = fingerprint(ctx);
-        if state.placer.is_some() && fp == state.fingerprint {
+        if state.placer.is_some() && fp == state.fingerprint && !handed_over {
+            prune_pending(ctx, state);
             return Ok(());
         }
         let now_unix = k8s_openapi::jiff::Timestamp::now().as_second();
@@ -194,15 +233,25 @@ impl Ledger {
             stale_after_seconds: self.options.stale_after_seconds,
             assume_healthy_without_telemetry: false,
         };
-        let sites: Vec<_> = ctx.sites.state().iter().map(|s| (**s).clone()).collect();
-        let racks: Vec<_> = ctx.racks.state().iter().map(|s| (**s).clone()).collect();
-        let servers: Vec<_> = ctx.servers.state().iter().map(|s| (**s).clone()).collect();
-        let tenants: Vec<_> = ctx.tenants.state().iter().map(|s| (**s).clone()).collect();
-        let inventory =
-            from_crds::inventory(&sites, &racks, &servers, &self.options.capacity, &health)
-                .map_err(|e| LedgerError::Inventory(e.to_string()))?;
-        let tenants =
-            from_crds::tenants(&tenants).map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let inventory = from_crds::inventory(
+            &ctx.sites.state(),
+            &ctx.racks.state(),
+            &ctx.servers.state(),
+            &self.options.capacity,
+            &health,
+        )
+        .map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let tenants = from_crds::tenants(&ctx.tenants.state())
+            .map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let unchanged = state
+            .placer
+            .as_ref()
+            .is_some_and(|p| *p.inventory() == inventory && state.tenants == tenants);
+        if unchanged && !handed_over {
+            state.fingerprint = fp;
+            prune_pending(ctx, state);
+            return Ok(());
+        }
         let mut placer = Placer::new(inventory, self.options.strategy);
         let mut recorded = std::collections::HashSet::new();
         let volumes = ctx.volumes.state();

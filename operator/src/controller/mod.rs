@@ -166,6 +166,11 @@ impl Leadership {
     pub fn is_leader(&self) -> bool {
         self.0.as_ref().is_none_or(|rx| *rx.borrow())
     }
+
+    /// A receiver of its own, to notice hand-overs (None: no election).
+    pub fn subscribe(&self) -> Option<watch::Receiver<bool>> {
+        self.0.clone()
+    }
 }
 
 /// What every reconcile reads and writes through.
