@@ -69,6 +69,7 @@ where
 
 /// The shared watches' subscriptions the tenant controller reads.
 struct TenantInputs {
+    applied: Arc<controller::tenants::AppliedTenants>,
     tenants: (Store<Tenant>, ReflectHandle<Tenant>),
     namespaces: (Store<Namespace>, ReflectHandle<Namespace>),
     volumes: ReflectHandle<StorageVolume>,
@@ -173,6 +174,35 @@ fn by_tenant_label<K: kube::Resource>(obj: &K) -> Option<ObjectRef<Tenant>> {
         .map(|t| ObjectRef::new(t))
 }
 
+/// The operator's ResourceQuotas, each time one is deleted or its `spec.hard` differs from the
+/// last seen: the quota controller rewrites `status.used` on every Pod created in a tenant's
+/// namespace, which must not re-apply the tenant's objects each time.
+fn quota_changes(
+    client: &kube::Client,
+    owned: watcher::Config,
+) -> impl Stream<Item = Result<ResourceQuota, watcher::Error>> + Send + 'static {
+    use kube::runtime::WatchStreamExt as _;
+    let mut last = std::collections::HashMap::new();
+    watcher(Api::<ResourceQuota>::all(client.clone()), owned)
+        .default_backoff()
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(q) | watcher::Event::InitApply(q)) => {
+                    let key = (q.metadata.namespace.clone(), q.metadata.name.clone());
+                    let hard = q.spec.as_ref().and_then(|s| s.hard.clone());
+                    (last.insert(key, hard.clone()) != Some(hard)).then_some(Ok(q))
+                }
+                Ok(watcher::Event::Delete(q)) => {
+                    last.remove(&(q.metadata.namespace.clone(), q.metadata.name.clone()));
+                    Some(Ok(q))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(out)
+        })
+}
+
 fn tenant_controller(
     client: &kube::Client,
     config: kube::runtime::controller::Config,
@@ -186,25 +216,40 @@ fn tenant_controller(
     let (tenants, tenant_events) = inputs.tenants;
     let (namespaces, namespace_events) = inputs.namespaces;
     let ns_store = namespaces.clone();
+    // A change to what a tenant's objects are applied from, or to one of them, re-applies them.
+    let dirty = |applied: &Arc<controller::tenants::AppliedTenants>| {
+        let applied = applied.clone();
+        move |r: Option<ObjectRef<Tenant>>| {
+            if let Some(r) = &r {
+                applied.forget(&r.name);
+            }
+            r
+        }
+    };
+    let (on_ns, on_quota, on_policy, on_binding) = (
+        dirty(&inputs.applied),
+        dirty(&inputs.applied),
+        dirty(&inputs.applied),
+        dirty(&inputs.applied),
+    );
     Controller::for_shared_stream(tenant_events, tenants)
         .with_config(config)
-        .watches_shared_stream(namespace_events, |n: Arc<Namespace>| {
-            by_tenant_label(n.as_ref())
+        .watches_shared_stream(namespace_events, move |n: Arc<Namespace>| {
+            on_ns(by_tenant_label(n.as_ref()))
         })
-        .watches(
-            Api::<ResourceQuota>::all(client.clone()),
-            owned.clone(),
-            |o: ResourceQuota| by_tenant_label(&o),
+        .watches_stream(
+            quota_changes(client, owned.clone()),
+            move |o: ResourceQuota| on_quota(by_tenant_label(&o)),
         )
         .watches(
             Api::<NetworkPolicy>::all(client.clone()),
             owned.clone(),
-            |o: NetworkPolicy| by_tenant_label(&o),
+            move |o: NetworkPolicy| on_policy(by_tenant_label(&o)),
         )
         .watches(
             Api::<RoleBinding>::all(client.clone()),
             owned,
-            |o: RoleBinding| by_tenant_label(&o),
+            move |o: RoleBinding| on_binding(by_tenant_label(&o)),
         )
         // Placements change the tenant's usage.
         .watches_shared_stream(inputs.instances, {
@@ -462,6 +507,7 @@ pub async fn run(
         written: Arc::default(),
         written_racks: Arc::default(),
         written_sites: Arc::default(),
+        applied_tenants: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),
         leader: leadership,
@@ -522,6 +568,7 @@ pub async fn run(
         &client,
         config.clone(),
         TenantInputs {
+            applied: ctx.applied_tenants.clone(),
             tenants: (ctx.tenants.clone(), tenant_events),
             namespaces: (namespaces.clone(), namespace_events),
             volumes: volumes_to_tenants,

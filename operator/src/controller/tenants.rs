@@ -80,6 +80,48 @@ where
 }
 
 /// Everything one tenant namespace gets.
+/// Tenants whose namespaced objects (namespace labels, quota, network policies, admin binding)
+/// were applied for their current spec. A reconcile that only refreshes usage (every placement
+/// in the tenant's namespaces triggers one) skips re-applying them: six server-side applies per
+/// reconcile were most of the API server's writes during a burst of placements. A change to one
+/// of those objects, or to a namespace, forgets the tenant so they are applied again; so does
+/// a spec change (generation) and, as a backstop, ten minutes.
+#[derive(Debug, Default)]
+pub struct AppliedTenants(
+    std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, std::time::Instant)>>,
+);
+
+impl AppliedTenants {
+    const BACKSTOP: std::time::Duration = std::time::Duration::from_mins(10);
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, (Option<i64>, std::time::Instant)>,
+    > {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Something the tenant's objects depend on changed: apply them at the next reconcile.
+    pub fn forget(&self, tenant: &str) {
+        self.lock().remove(tenant);
+    }
+
+    fn current(&self, tenant: &str, generation: Option<i64>) -> bool {
+        self.lock()
+            .get(tenant)
+            .is_some_and(|(g, at)| *g == generation && at.elapsed() < Self::BACKSTOP)
+    }
+
+    fn record(&self, tenant: &str, generation: Option<i64>) {
+        self.lock()
+            .insert(tenant.to_owned(), (generation, std::time::Instant::now()));
+    }
+}
+
 async fn onboard(ctx: &Context, t: &Tenant, ns: &str, created: bool) -> Result<(), Error> {
     apply(ctx, &tenant::namespace(t, ns, created)).await?;
     match tenant::quota(t, ns) {
@@ -264,6 +306,7 @@ async fn write_status(
 async fn apply_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
     let name = t.name_any();
     let wanted = tenant::namespaces(t);
+    let applied = ctx.applied_tenants.current(&name, t.metadata.generation);
     let mut plans = Vec::new();
     for ns in &wanted {
         let existing = ctx.namespaces.get(&ObjectRef::new(ns));
@@ -272,17 +315,21 @@ async fn apply_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
             NamespacePlan::Conflict { owner } => {
                 tracing::warn!(tenant = %name, namespace = %ns, owner = %owner, "namespace belongs to another tenant; not taken over");
             }
+            _ if applied => {}
             NamespacePlan::Create => onboard(ctx, t, ns, true).await?,
             NamespacePlan::Adopt => onboard(ctx, t, ns, false).await?,
             NamespacePlan::Keep { created } => onboard(ctx, t, ns, *created).await?,
         }
         plans.push((ns.clone(), plan));
     }
-    // Namespaces dropped from the spec are given back.
-    for ns in labelled(ctx, &name) {
-        if !wanted.contains(&ns.name_any()) {
-            release(ctx, &ns).await?;
+    if !applied {
+        // Namespaces dropped from the spec are given back.
+        for ns in labelled(ctx, &name) {
+            if !wanted.contains(&ns.name_any()) {
+                release(ctx, &ns).await?;
+            }
         }
+        ctx.applied_tenants.record(&name, t.metadata.generation);
     }
     let transitions = write_status(ctx, t, &plans, None).await?;
     super::hardware::publish(ctx, &t.object_ref(&()), &transitions).await;
