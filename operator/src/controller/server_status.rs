@@ -47,6 +47,10 @@ pub struct StatusPolicy {
     pub power_min_watts: f64,
     /// Temperature changes up to this many °C are not written.
     pub temperature_delta: f64,
+    /// A change of what the ledger allocated on the server waits at least this long after the
+    /// stored reading: in a burst of placements every server's allocation changes with each
+    /// sample, and those writes competed with the placements themselves.
+    pub allocation_every: Duration,
 }
 
 impl Default for StatusPolicy {
@@ -57,6 +61,7 @@ impl Default for StatusPolicy {
             power_share: 0.05,
             power_min_watts: 20.0,
             temperature_delta: 2.0,
+            allocation_every: Duration::from_mins(1),
         }
     }
 }
@@ -531,12 +536,19 @@ fn worth_writing(
             i
         })
     };
-    if inventory(old) != inventory(new)
-        || old.drives != new.drives
-        || old.capacity != new.capacity
-        || old.allocated != new.allocated
+    if inventory(old) != inventory(new) || old.drives != new.drives || old.capacity != new.capacity
     {
         return Some("inventory changed");
+    }
+    let since_stored = |a: Option<&Time>, b: Option<&Time>| match (a, b) {
+        (Some(a), Some(b)) => b.0.as_millisecond() - a.0.as_millisecond(),
+        _ => 0,
+    };
+    let allocation_every = i64::try_from(policy.allocation_every.as_millis()).unwrap_or(i64::MAX);
+    if old.allocated != new.allocated
+        && since_stored(old.last_seen.as_ref(), new.last_seen.as_ref()) >= allocation_every
+    {
+        return Some("allocation changed");
     }
     let os = |s: &ServerStatus| {
         s.os.as_ref()
@@ -545,12 +557,8 @@ fn worth_writing(
     if os(old) != os(new) || old.os.is_some() != new.os.is_some() {
         return Some("operating system changed");
     }
-    let heartbeat = |a: Option<&Time>, b: Option<&Time>| match (a, b) {
-        (Some(a), Some(b)) => b.0.as_millisecond() - a.0.as_millisecond(),
-        _ => 0,
-    };
     let beat = i64::try_from(beat_after.as_millis()).unwrap_or(i64::MAX);
-    if heartbeat(old.last_seen.as_ref(), new.last_seen.as_ref()) >= beat {
+    if since_stored(old.last_seen.as_ref(), new.last_seen.as_ref()) >= beat {
         return Some("heartbeat");
     }
     let os_seen = |s: &ServerStatus| {
@@ -558,7 +566,7 @@ fn worth_writing(
             .and_then(|o| o.observed.as_ref())
             .map(|o| o.observed_at.clone())
     };
-    if heartbeat(os_seen(old).as_ref(), os_seen(new).as_ref()) >= beat {
+    if since_stored(os_seen(old).as_ref(), os_seen(new).as_ref()) >= beat {
         return Some("heartbeat");
     }
     None

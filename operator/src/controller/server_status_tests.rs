@@ -298,29 +298,41 @@ fn no_telemetry_at_all_is_unschedulable_with_a_reason() {
 }
 
 #[test]
-fn a_new_allocation_is_written_and_an_unknown_one_keeps_the_stored_value() {
+fn a_new_allocation_is_written_a_minute_after_the_stored_reading_and_an_unknown_one_kept() {
     let stored = settled(&bmc(T0, 500.0, 24.0, "Normal"));
     let alloc = ResourceSet {
         cpu: Some(Quantity::new("8")),
         ..ResourceSet::default()
     };
-    let d = decide(
+    let soon = bmc(T0 + 15_000, 500.0, 24.0, "Normal");
+    let held = decide(
         &server(Some(stored.clone())),
         Observed {
+            bmc: Some(&soon),
             allocated: Some(Some(alloc.clone())),
             ..Observed::default()
         },
-        now(T0 + 1_000),
+        now(T0 + 15_000),
         &policy(),
     );
-    assert_eq!(d.write, Some("inventory changed"));
+    assert_eq!(held.write, None, "held within the minute");
+    let later = bmc(T0 + 60_000, 500.0, 24.0, "Normal");
+    let d = decide(
+        &server(Some(stored.clone())),
+        Observed {
+            bmc: Some(&later),
+            allocated: Some(Some(alloc.clone())),
+            ..Observed::default()
+        },
+        now(T0 + 60_000),
+        &policy(),
+    );
+    assert_eq!(d.write, Some("allocation changed"));
     assert_eq!(d.status.allocated, Some(alloc));
-    let mut with = stored;
-    with.allocated = d.status.allocated.clone();
     let kept = decide(
-        &server(Some(with)),
+        &server(Some(d.status.clone())),
         Observed::default(),
-        now(T0 + 2_000),
+        now(T0 + 61_000),
         &policy(),
     );
     assert_eq!(
