@@ -293,6 +293,23 @@ where
         .collect()
 }
 
+/// Which Tenant events change its policy (a new generation: classification, residency,
+/// namespaces). Its status is rewritten with each placement (usage): waking every workload of
+/// the tenant then made each placement cost a reconcile of all the tenant's workloads.
+#[derive(Default)]
+struct PolicyChanges(std::sync::Mutex<std::collections::HashMap<String, Option<i64>>>);
+
+impl PolicyChanges {
+    fn changed(&self, t: &Tenant) -> bool {
+        let name = t.metadata.name.clone().unwrap_or_default();
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name, t.metadata.generation)
+            != Some(t.metadata.generation)
+    }
+}
+
 /// Workloads in the namespaces of a tenant.
 fn of_tenant<K>(store: &Store<K>, namespaces: &Store<Namespace>, t: &Tenant) -> Vec<ObjectRef<K>>
 where
@@ -601,7 +618,14 @@ pub async fn run(
         .watches_shared_stream(tenants_to_volumes, {
             let store = ctx.volumes.clone();
             let ns_store = ctx.namespaces.clone();
-            move |t: Arc<Tenant>| of_tenant(&store, &ns_store, &t)
+            let policy = PolicyChanges::default();
+            move |t: Arc<Tenant>| {
+                if policy.changed(&t) {
+                    of_tenant(&store, &ns_store, &t)
+                } else {
+                    Vec::new()
+                }
+            }
         })
         .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())
@@ -624,7 +648,14 @@ pub async fn run(
         .watches_shared_stream(tenants_to_instances, {
             let store = ctx.instances.clone();
             let ns_store = ctx.namespaces.clone();
-            move |t: Arc<Tenant>| of_tenant(&store, &ns_store, &t)
+            let policy = PolicyChanges::default();
+            move |t: Arc<Tenant>| {
+                if policy.changed(&t) {
+                    of_tenant(&store, &ns_store, &t)
+                } else {
+                    Vec::new()
+                }
+            }
         })
         .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())
@@ -765,5 +796,25 @@ mod tests {
         // Deleted (gone from the store), even with a schedulable last state.
         sw.apply_watcher_event(&Event::Delete(fine.clone()));
         assert_eq!(super::on_server(&volumes, &servers, &fine).len(), 1);
+    }
+
+    #[test]
+    fn only_a_new_tenant_generation_wakes_its_workloads() {
+        let tenant = |generation: i64, used: &str| -> sovereign_crds::Tenant {
+            serde_json::from_value(json!({
+                "apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": "moh", "generation": generation},
+                "spec": {"classification": "Internal", "residency": {"jurisdictions": ["VN"]}},
+                "status": {"usage": {"cpu": used}}
+            }))
+            .unwrap()
+        };
+        let policy = super::PolicyChanges::default();
+        assert!(policy.changed(&tenant(1, "1")), "first seen");
+        assert!(
+            !policy.changed(&tenant(1, "2")),
+            "a usage write is not a policy change"
+        );
+        assert!(policy.changed(&tenant(2, "2")), "a spec change is");
     }
 }
