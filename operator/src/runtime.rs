@@ -667,11 +667,12 @@ pub async fn run(
         .for_each(|_| async {});
 
     let front_stop = stop.clone();
+    let front_leading = lease_rx.clone();
     let front_task = {
         let stop = stop.clone();
         async move {
             let result = front
-                .serve(async move { front_stop.cancelled().await })
+                .serve(front_leading, async move { front_stop.cancelled().await })
                 .await;
             // The front failing (a port taken) stops everything rather than half-running.
             stop.cancel();

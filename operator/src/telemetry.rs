@@ -240,9 +240,11 @@ impl Front {
         &self.locator
     }
 
-    /// Serves the stream, `/metrics` and OTLP until `shutdown` resolves.
+    /// Serves the stream, `/metrics` and OTLP until `shutdown` resolves; with `leading`, takes
+    /// samples only while this replica holds the Lease (agents reconnect to the one that does).
     pub async fn serve(
         self,
+        leading: Option<tokio::sync::watch::Receiver<bool>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), TelemetryError> {
         let Self {
@@ -275,8 +277,7 @@ impl Front {
         tracing::info!(grpc = %options.grpc_addr, metrics = %options.metrics_addr, tls = tls.is_some(), "telemetry front up");
         let grpc = sovereign_telemetry::serve_tls(
             grpc_listener,
-            hub,
-            verifier,
+            sovereign_telemetry::TelemetryService::new(hub, verifier).leading(leading),
             tls,
             stop.clone().cancelled_owned(),
         );
@@ -296,7 +297,7 @@ pub async fn serve(
     options: TelemetryOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), TelemetryError> {
-    Front::start(client, options)?.serve(shutdown).await
+    Front::start(client, options)?.serve(None, shutdown).await
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ async fn agents_stream_through_token_review_into_labelled_metrics() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let front = telemetry::Front::start(client, options(grpc, metrics)).unwrap();
     let hub = front.hub();
-    let front = tokio::spawn(front.serve(async {
+    let front = tokio::spawn(front.serve(None, async {
         let _ = stopped.await;
     }));
 

@@ -22,6 +22,11 @@ pub mod proto {
     tonic::include_proto!("sovereign.telemetry.v1");
 }
 
+/// The gRPC `UNAVAILABLE` message of an operator replica that does not hold the Lease: samples
+/// go to the leader (the one that writes status), so an agent reconnects; each connection goes
+/// through the Service afresh, which sends it to a replica at random.
+pub const NOT_LEADER: &str = "not the leader";
+
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
 pub async fn shutdown_signal() {
     let term = async {

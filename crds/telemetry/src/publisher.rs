@@ -100,15 +100,32 @@ async fn run<F>(
                 None => return,
             }
         }
+        let sent_before = stats.sent.load(Ordering::Relaxed);
         match stream_once(&config, &token, &mut rx, &mut carried, &stats).await {
             Ok(()) => return,
             Err(e) => {
+                // A stream that delivered samples worked: back off afresh from the base.
+                if stats.sent.load(Ordering::Relaxed) > sent_before {
+                    failures = 0;
+                }
                 failures = failures.saturating_add(1);
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, failures, "telemetry stream to the operator broke; reconnecting");
+                if is_not_leader(&e) {
+                    tracing::debug!(
+                        failures,
+                        "reached an operator replica that does not lead; reconnecting"
+                    );
+                } else {
+                    tracing::warn!(error = %e, failures, "telemetry stream to the operator broke; reconnecting");
+                }
             }
         }
     }
+}
+
+fn is_not_leader(e: &BoxError) -> bool {
+    e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| s.code() == tonic::Code::Unavailable && s.message() == crate::NOT_LEADER)
 }
 
 async fn stream_once<F>(

@@ -42,17 +42,44 @@ pub use auth::{AuthError, Identity, StaticTokens, TokenReviewVerifier, TokenVeri
 pub use hub::{Hub, Rejection};
 pub use proto::{PublishSummary, Sample};
 
-/// The gRPC service: authenticates each stream, then hands samples to the hub.
+/// The gRPC service: authenticates each stream, then hands samples to the hub. With a
+/// leadership channel it takes samples only while leading: a replica that does not lead refuses
+/// streams with `UNAVAILABLE` ([`NOT_LEADER`]) and ends its open ones when it stops leading, so
+/// agents reconnect until they reach the replica that writes status.
 #[derive(Debug)]
 pub struct TelemetryService<V> {
     hub: Arc<Hub>,
     verifier: Arc<V>,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+pub use sovereign_telemetry_api::NOT_LEADER;
 
 impl<V: TokenVerifier> TelemetryService<V> {
     pub fn new(hub: Arc<Hub>, verifier: Arc<V>) -> Self {
-        Self { hub, verifier }
+        Self {
+            hub,
+            verifier,
+            leading: None,
+        }
     }
+
+    /// Takes samples only while `leading` says so.
+    #[must_use]
+    pub fn leading(mut self, leading: Option<tokio::sync::watch::Receiver<bool>>) -> Self {
+        self.leading = leading;
+        self
+    }
+}
+
+/// Resolves when leadership is lost (never without an election, or once it ended).
+async fn lost(leading: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = leading
+        && rx.wait_for(|l| !*l).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
@@ -69,6 +96,11 @@ impl<V: TokenVerifier> proto::telemetry_server::Telemetry for TelemetryService<V
         &self,
         req: Request<Streaming<Sample>>,
     ) -> Result<Response<PublishSummary>, Status> {
+        // Before authenticating: a follower costs the API server no TokenReview.
+        let mut leading = self.leading.clone();
+        if leading.as_ref().is_some_and(|rx| !*rx.borrow()) {
+            return Err(Status::unavailable(NOT_LEADER));
+        }
         let identity = self
             .verifier
             .verify(bearer(&req)?)
@@ -76,7 +108,14 @@ impl<V: TokenVerifier> proto::telemetry_server::Telemetry for TelemetryService<V
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let mut stream = req.into_inner();
         let mut summary = PublishSummary::default();
-        while let Some(sample) = stream.message().await? {
+        loop {
+            let sample = tokio::select! {
+                message = stream.message() => match message? {
+                    Some(sample) => sample,
+                    None => break,
+                },
+                () = lost(leading.as_mut()) => return Err(Status::unavailable(NOT_LEADER)),
+            };
             match self.hub.accept(sample, &identity) {
                 Ok(()) => summary.accepted += 1,
                 Err(rejection) => {
@@ -110,21 +149,25 @@ pub async fn serve<V: TokenVerifier>(
     verifier: Arc<V>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_tls(listener, hub, verifier, None, shutdown).await
+    serve_tls(
+        listener,
+        TelemetryService::new(hub, verifier),
+        None,
+        shutdown,
+    )
+    .await
 }
 
-/// As [`serve`], over TLS when `tls` is given.
+/// Serves `service` (see [`TelemetryService::leading`]), over TLS when `tls` is given.
 pub async fn serve_tls<V: TokenVerifier>(
     listener: TcpListener,
-    hub: Arc<Hub>,
-    verifier: Arc<V>,
+    service: TelemetryService<V>,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let service =
-        proto::telemetry_server::TelemetryServer::new(TelemetryService::new(hub, verifier))
-            // Samples are small; refuse anything that is not.
-            .max_decoding_message_size(64 * 1024);
+    let service = proto::telemetry_server::TelemetryServer::new(service)
+        // Samples are small; refuse anything that is not.
+        .max_decoding_message_size(64 * 1024);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(

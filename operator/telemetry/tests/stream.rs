@@ -11,7 +11,9 @@ use sovereign_telemetry::proto::{
     BmcSummary, Source, sample::Body, telemetry_client::TelemetryClient,
 };
 use sovereign_telemetry::publisher::{self, PublisherConfig};
-use sovereign_telemetry::{Hub, Identity, Sample, ServerTls, StaticTokens, serve, serve_tls};
+use sovereign_telemetry::{
+    Hub, Identity, Sample, ServerTls, StaticTokens, TelemetryService, serve, serve_tls,
+};
 use tokio::net::TcpListener;
 
 const AGENT: &str = "system:serviceaccount:sovereign-system:sovereign-collector";
@@ -240,8 +242,7 @@ async fn over_tls_the_agent_verifies_the_operator() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_tls(
         listener,
-        hub.clone(),
-        verifier,
+        TelemetryService::new(hub.clone(), verifier),
         Some(tls),
         async {
             let _ = stopped.await;
@@ -285,4 +286,66 @@ async fn over_tls_the_agent_verifies_the_operator() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// With two operator replicas, only the Lease holder takes samples: a follower refuses the
+/// stream (the agent reconnects, through the Service to a replica at random), and a leader that
+/// loses the Lease ends its streams so agents find the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leading_replica_takes_samples() {
+    let hub = Arc::new(Hub::new(64));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let verifier = Arc::new(StaticTokens::new([(
+        "good-token".to_owned(),
+        Identity::collector(AGENT),
+    )]));
+    let (lease, leading) = tokio::sync::watch::channel(false);
+    let service = TelemetryService::new(hub.clone(), verifier).leading(Some(leading));
+    let server = tokio::spawn(serve_tls(listener, service, None, std::future::pending()));
+    let (publisher, task) = publisher::start(config(addr), || Some("good-token".into()));
+    // A collector offers a reading every 20 ms.
+    let poller = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                publisher.offer(sample("hn1-r01-s01", now_ms(), f64::from(i)));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    eventually("the follower to refuse three times", || {
+        publisher.stats().failures.load(Ordering::Relaxed) >= 3
+    })
+    .await;
+    assert!(
+        hub.latest("hn1-r01-s01").is_empty(),
+        "a follower took a sample"
+    );
+
+    // Leading: the agent's next attempt streams.
+    lease.send_replace(true);
+    eventually("samples at the leader", || {
+        !hub.latest("hn1-r01-s01").is_empty()
+    })
+    .await;
+    let failures = publisher.stats().failures.load(Ordering::Relaxed);
+
+    // Lost the Lease: the open stream ends and nothing more is taken.
+    lease.send_replace(false);
+    eventually("the stream to end", || {
+        publisher.stats().failures.load(Ordering::Relaxed) > failures
+    })
+    .await;
+    let last = hub.latest("hn1-r01-s01")[0].observed_at_unix_ms;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        hub.latest("hn1-r01-s01")[0].observed_at_unix_ms,
+        last,
+        "a replica that stopped leading took a sample"
+    );
+    poller.abort();
+    drop(publisher);
+    task.abort();
+    server.abort();
 }
