@@ -9,6 +9,10 @@ use sovereign_operator::crds::CrdState;
 use sovereign_operator::{connect, crds, inventory, plan, runtime, telemetry};
 use sovereign_placement::from_crds::{HealthPolicy, PowerModel};
 use sovereign_placement::{CapacityPolicy, Strategy};
+use sovereign_telemetry::audit;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -333,19 +337,38 @@ async fn main() -> ExitCode {
     );
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if json {
-        tracing_subscriber::fmt()
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter)
             .with_writer(std::io::stderr)
-            .init();
+            .with_filter(filter)
+            .boxed()
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             // Plain text for log collectors; colours only on a terminal.
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+            .with_filter(filter)
+            .boxed()
+    };
+    // Audit records (placements, refusals, moves, releases) also go out over OTLP logs when an
+    // endpoint is configured; the exporter lives as long as the process.
+    let audit = match (&cli.command, audit::config_from_env("sovereign-operator")) {
+        (Command::Run { .. }, Some(config)) => match audit::AuditLogs::start(&config) {
+            Ok(a) => Some((a, config.endpoint)),
+            Err(e) => {
+                eprintln!("sovereign-operator: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(audit.as_ref().map(|(a, _)| a.layer()))
+        .init();
+    if let Some((_, endpoint)) = &audit {
+        tracing::info!(%endpoint, "exporting audit records over OTLP logs");
     }
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,

@@ -150,7 +150,7 @@ async fn bind_pods(
                 if !current && !disrupted {
                     disrupted = true;
                     delete_ignoring_absent(pods.clone(), &name).await?;
-                    tracing::info!(target: "sovereign::audit", decision = "rollout",
+                    tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "rollout",
                         object = %format!("ComputeInstance/{}/{}", c.namespace().unwrap_or_default(), c.name_any()),
                         pod = %name, "pod replaced: the instance's image, command or args changed");
                     false
@@ -437,7 +437,7 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
 fn cleanup_instance(ctx: &Context, c: &ComputeInstance) -> Action {
     // Pods go with their owner (garbage collection); the capacity is ours to give back.
     ctx.ledger.release(&Workload::Instance(c).consumer());
-    tracing::info!(target: "sovereign::audit", decision = "released",
+    tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "released",
         object = %format!("ComputeInstance/{}/{}", c.namespace().unwrap_or_default(), c.name_any()), "capacity released");
     Action::await_change()
 }

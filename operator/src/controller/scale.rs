@@ -105,7 +105,7 @@ pub(super) fn release(ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(),
     ctx.ledger
         .shrink(ctx, w, keep)
         .map_err(|e| Error::Ledger(e.to_string()))?;
-    tracing::info!(target: "sovereign::audit", decision = "released", object = %w.consumer(),
+    tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "released", object = %w.consumer(),
         kept = keep, engine = env!("CARGO_PKG_VERSION"), "replicas released by a scale-down");
     Ok(())
 }

@@ -455,7 +455,7 @@ async fn cleanup_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Erro
         }
     }
     ctx.ledger.release(&Workload::Volume(v).consumer());
-    tracing::info!(target: "sovereign::audit", decision = "released", object = %format!("StorageVolume/{ns}/{}", v.name_any()), "capacity released");
+    tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "released", object = %format!("StorageVolume/{ns}/{}", v.name_any()), "capacity released");
     Ok(Action::await_change())
 }
 

@@ -138,11 +138,11 @@ pub(super) fn audit(
                 .iter()
                 .map(|p| format!("{} ({}/{})", p.server, p.rack, p.site))
                 .collect();
-            tracing::info!(target: "sovereign::audit", decision = "placed", tenant, object, generation,
+            tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "placed", tenant, object, generation,
                 servers = %servers.join(", "), engine = env!("CARGO_PKG_VERSION"), "placement decided");
         }
         Err(r) => {
-            tracing::info!(target: "sovereign::audit", decision = "refused", tenant, object, generation,
+            tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "refused", tenant, object, generation,
                 refusal = %r, engine = env!("CARGO_PKG_VERSION"), "placement refused");
         }
     }
@@ -333,7 +333,7 @@ pub(super) async fn announce_move<K: Resource<DynamicType = ()>>(
         "replica {} moves from {from} to {} (rack {}, site {}): {reason}",
         p.replica, p.server, p.rack, p.site
     );
-    tracing::info!(target: "sovereign::audit", decision = "moved",
+    tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "moved",
         object = %obj.meta().name.clone().unwrap_or_default(), from, to = %p.server, reason,
         engine = env!("CARGO_PKG_VERSION"), "{note}");
     let event = kube::runtime::events::Event {

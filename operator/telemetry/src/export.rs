@@ -71,12 +71,20 @@ impl OtlpConfig {
     /// From the standard variables: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; None when neither is set (export off).
     pub fn from_env(service_name: &str) -> Option<Self> {
-        let endpoint = [
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))?;
+        Self::from_env_for(
+            &[
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ],
+            service_name,
+        )
+    }
+
+    /// From the first of `variables` that is set (a signal's own endpoint, then the common one).
+    pub fn from_env_for(variables: &[&str], service_name: &str) -> Option<Self> {
+        let endpoint = variables
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))?;
         let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
             .ok()
             .and_then(|ms| ms.parse().ok())

@@ -8,6 +8,7 @@
 //! - [`publisher`]: the agent side, re-exported from `sovereign-telemetry-api` (the protocol's
 //!   own crate, which is all a node agent links).
 
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod export;

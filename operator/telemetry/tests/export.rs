@@ -1,10 +1,17 @@
-//! Exports over loopback: `/metrics` scraped over HTTP, OTLP pushed to a gRPC collector.
+//! Exports over loopback: `/metrics` scraped over HTTP, OTLP metrics and audit logs pushed to a
+//! gRPC collector.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -13,6 +20,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+use sovereign_telemetry::audit::AuditLogs;
 use sovereign_telemetry::auth::Identity;
 use sovereign_telemetry::export::{self, ExportError, Otlp, OtlpConfig};
 use sovereign_telemetry::metrics::{Metrics, Placement};
@@ -301,4 +309,89 @@ async fn otlp_refuses_an_endpoint_that_is_not_a_url() {
     let err = Otlp::start(&config, &Arc::new(Hub::default()), locate).unwrap_err();
     assert!(matches!(err, ExportError::Endpoint(_)), "{err}");
     assert!(err.to_string().contains("otel-collector:4317"));
+}
+
+/// An OTLP logs collector on loopback that hands every export to the test.
+struct LogReceiver(mpsc::UnboundedSender<ExportLogsServiceRequest>);
+
+#[tonic::async_trait]
+impl LogsService for LogReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_and_only_they_go_out_as_otlp_logs() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogsServiceServer::new(LogReceiver(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let config = OtlpConfig {
+        endpoint: format!("http://{addr}"),
+        interval: Duration::from_hours(1),
+        timeout: Duration::from_secs(5),
+        service_name: "sovereign-operator-test".into(),
+    };
+    let logs = Arc::new(AuditLogs::start(&config).unwrap());
+    let subscriber = tracing_subscriber::registry().with(logs.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(target: "sovereign::audit", decision = "placed", tenant = "moh",
+            object = "StorageVolume/moh-records/db", servers = "hn1-r01-s02 (hn1-r01/hn1)",
+            "placement decided");
+        tracing::info!(target: "sovereign_operator::controller", "an ordinary log line");
+    });
+    let flusher = logs.clone();
+    tokio::task::spawn_blocking(move || flusher.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let export = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the collector received an export")
+        .unwrap();
+    let records: Vec<_> = export
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "only the audit record leaves: {records:?}"
+    );
+    let r = records[0];
+    assert_eq!(text(r.body.as_ref()), "placement decided");
+    let attr = |k: &str| {
+        text(
+            r.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.as_ref()),
+        )
+    };
+    assert_eq!(attr("decision"), "placed");
+    assert_eq!(attr("tenant"), "moh");
+    assert_eq!(attr("object"), "StorageVolume/moh-records/db");
+    drop(logs);
+    server.abort();
 }
