@@ -489,21 +489,7 @@ pub async fn run(
         shared::<ComputeInstance, 2>(&client, "ComputeInstance", |_| {})?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
         shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
-    // The instances' Pods, trimmed to what binding reads: a store instead of a GET per replica
-    // on every reconcile (two GETs per instance were a third of the operator's requests in a
-    // burst of placements).
-    let (pods, [pod_events]) = shared_mirror::<Pod, 1>(
-        client.clone(),
-        watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            crate::FIELD_MANAGER
-        )),
-        "Pod",
-        controller::materialise::trim_pod,
-    )
-    .ok_or(RunError::SharedWatch { kind: "Pod" })?;
     let _ = tokio::join!(
-        pods.wait_until_ready(),
         servers.wait_until_ready(),
         racks.wait_until_ready(),
         sites.wait_until_ready(),
@@ -524,7 +510,6 @@ pub async fn run(
         volumes: volumes.clone(),
         instances: instances.clone(),
         tenants: tenants_store,
-        pods,
         ledger: Arc::new(Ledger::new(LedgerOptions {
             stale_after_seconds: options
                 .policy
@@ -652,7 +637,10 @@ pub async fn run(
         .for_each(|_| async {});
     let instance_controller = Controller::for_shared_stream(instance_events, instances.clone())
         .with_config(config)
-        .owns_shared_stream(pod_events)
+        .owns(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+        )
         .watches_shared_stream(servers_to_instances, move |s: Arc<Server>| {
             on_server(&instance_store, &instance_servers, &s)
         })

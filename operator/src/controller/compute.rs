@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sovereign_crds::workload::{InstanceReplica, ReplicaState};
 use sovereign_crds::{ComputeInstance, ComputeInstanceStatus, ConditionStatus, Phase};
@@ -109,22 +108,23 @@ async fn bind_pods(
     tenant: &str,
     replicas: &mut [InstanceReplica],
 ) -> Result<usize, Error> {
-    let ns = c.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
     let name_of = |r: &InstanceReplica| {
         r.pod
             .clone()
             .unwrap_or_else(|| materialise::pod_name(c, r.index))
     };
-    // From the store: a Pod it does not show yet (created a moment ago) is applied again, which
-    // changes nothing; a GET per replica on every reconcile cost more.
-    let live: Vec<Option<Arc<Pod>>> = replicas
-        .iter()
-        .map(|r| ctx.pods.get(&ObjectRef::new(&name_of(r)).within(&ns)))
-        .collect();
+    let mut live = Vec::with_capacity(replicas.len());
+    for r in replicas.iter() {
+        let name = name_of(r);
+        live.push(pods.get_opt(&name).await.map_err(|source| Error::Apply {
+            what: format!("Pod {name}"),
+            source,
+        })?);
+    }
     let terminating = |p: &Pod| p.metadata.deletion_timestamp.is_some();
     // A replica without a live Pod is already down: no other may be taken down for a rollout.
-    let mut disrupted = live.iter().any(|p| p.as_deref().is_none_or(terminating));
+    let mut disrupted = live.iter().any(|p| p.as_ref().is_none_or(terminating));
     let mut outdated = 0;
     for (r, live) in replicas.iter_mut().zip(live) {
         let Some(node) = r.node.clone() else {
@@ -156,8 +156,7 @@ async fn bind_pods(
                     false
                 } else {
                     p.status
-                        .as_ref()
-                        .and_then(|s| s.phase.as_deref())
+                        .and_then(|s| s.phase)
                         .is_some_and(|ph| ph == "Running")
                 }
             }

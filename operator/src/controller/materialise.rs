@@ -131,35 +131,6 @@ pub fn persistent_volume_claim(v: &StorageVolume, tenant: &str, index: u8, serve
 }
 
 /// The Pod of one replica, bound to its node (Sovereign is the placer: no scheduler involved).
-/// Keeps of a Pod what binding reads (name, owner, deletion, node, the main container's image,
-/// command and args, phase): a fleet's Pods held in a store cost little.
-pub fn trim_pod(p: &mut k8s_openapi::api::core::v1::Pod) {
-    p.metadata.annotations = None;
-    p.metadata.labels = None;
-    if let Some(spec) = p.spec.as_mut() {
-        let main = spec.containers.iter().find(|c| c.name == "main").map(|c| {
-            k8s_openapi::api::core::v1::Container {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                command: c.command.clone(),
-                args: c.args.clone(),
-                ..Default::default()
-            }
-        });
-        *spec = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
-            containers: main.into_iter().collect(),
-            ..Default::default()
-        };
-    }
-    if let Some(status) = p.status.as_mut() {
-        *status = k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase.take(),
-            ..Default::default()
-        };
-    }
-}
-
 /// Whether a Pod runs what the instance asks for now (image, command, args of its container);
 /// resources are immutable on the instance. A Pod that does not is replaced.
 pub fn runs_current_template(c: &ComputeInstance, pod: &k8s_openapi::api::core::v1::Pod) -> bool {

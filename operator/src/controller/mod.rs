@@ -186,8 +186,6 @@ pub struct Context {
     pub volumes: Store<sovereign_crds::StorageVolume>,
     pub instances: Store<sovereign_crds::ComputeInstance>,
     pub tenants: Store<sovereign_crds::Tenant>,
-    /// The ComputeInstances' Pods, trimmed ([`materialise::trim_pod`]).
-    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     pub ledger: Arc<ledger::Ledger>,
     pub moves: Arc<moves::MoveLimiter>,
     pub recorder: Recorder,
