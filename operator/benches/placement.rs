@@ -12,7 +12,8 @@
 //! Prints the figures and the operator's RSS.
 //!
 //! `cargo bench -p sovereign-operator --bench placement -- [--nodes 1000] [--objects 5000]
-//!  [--paced 500] [--rate 40]`
+//!  [--paced 500] [--rate 40] [--concurrency N (the operator's --reconcile-concurrency)]
+//!  [--compare 0 (Sovereign only: a memory run at fleet scale)]`
 //!
 //! Run it on a control plane of its own (`K8S_BASE=... controlplane.sh up`, see README): it
 //! leaves its objects behind (`controlplane.sh clean` removes them).
@@ -199,6 +200,10 @@ async fn main() {
     let objects = arg("--objects", 5000) as usize;
     let paced = arg("--paced", 500) as usize;
     let rate = arg("--rate", 40);
+    // 0: the operator's default.
+    let concurrency = arg("--concurrency", 0);
+    // 0: Sovereign only (a memory run at fleet scale).
+    let compare = arg("--compare", 1) > 0;
     let Some(cluster) = cluster("placement bench").await else {
         return;
     };
@@ -274,7 +279,11 @@ async fn main() {
         "placement-operator",
         &kubeconfig,
         port,
-        &[],
+        &if concurrency > 0 {
+            vec![format!("--reconcile-concurrency={concurrency}")]
+        } else {
+            Vec::new()
+        },
         "warn",
     );
     let (publisher, _task) = publisher::start(
@@ -365,17 +374,19 @@ async fn main() {
     };
 
     // Burst: as fast as the client creates.
-    results.push(
-        run_phase(
-            "kube-scheduler: created → bound",
-            &cluster,
-            pods("burst", objects),
-            0,
-            &pods_clock,
-        )
-        .await,
-    );
-    clear_pods(&cluster, &plain_ns).await;
+    if compare {
+        results.push(
+            run_phase(
+                "kube-scheduler: created → bound",
+                &cluster,
+                pods("burst", objects),
+                0,
+                &pods_clock,
+            )
+            .await,
+        );
+        clear_pods(&cluster, &plain_ns).await;
+    }
     let rss_before = rss_kib(op.child.id());
     // Instance names map to their Pods (`<instance>-<replica>`): time the Pods by instance.
     let sovereign = {
@@ -434,17 +445,19 @@ async fn main() {
 
     // Paced: a steady arrival rate.
     if paced > 0 {
-        results.push(
-            run_phase(
-                "kube-scheduler paced: created → bound",
-                &cluster,
-                pods("paced", paced),
-                rate,
-                &pods_clock,
-            )
-            .await,
-        );
-        clear_pods(&cluster, &plain_ns).await;
+        if compare {
+            results.push(
+                run_phase(
+                    "kube-scheduler paced: created → bound",
+                    &cluster,
+                    pods("paced", paced),
+                    rate,
+                    &pods_clock,
+                )
+                .await,
+            );
+            clear_pods(&cluster, &plain_ns).await;
+        }
         results.push(
             run_phase(
                 "sovereign paced: created → placed",
@@ -463,10 +476,12 @@ async fn main() {
     for r in &mut results {
         r.print();
     }
-    let ratio = (results[0].elapsed.as_secs_f64()) / results[2].elapsed.as_secs_f64();
-    println!(
-        "throughput, sovereign (placed and materialised) / kube-scheduler (bound): {ratio:.2}x"
-    );
+    if compare {
+        let ratio = results[0].elapsed.as_secs_f64() / results[2].elapsed.as_secs_f64();
+        println!(
+            "throughput, sovereign (placed and materialised) / kube-scheduler (bound): {ratio:.2}x"
+        );
+    }
     let end = rss_kib(op.child.id());
     println!(
         "operator RSS: before the burst {} KiB, after {} KiB, at the end {} KiB, VmHWM {} KiB",

@@ -20,7 +20,7 @@ use super::materialise;
 use super::scale;
 use super::workloads;
 use super::workloads::{
-    Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, apply_child, ask, carried,
+    Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, ask, carried,
     delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
     write_status,
 };
@@ -99,6 +99,24 @@ async fn release_replicas(
     Ok(Action::await_change())
 }
 
+/// Creates a Pod (a plain create costs the API server less than an apply; a Pod is never
+/// updated in place). One that exists already (created by a pass whose answer was lost) is fine.
+async fn create_pod(pods: &Api<Pod>, pod: &serde_json::Value) -> Result<(), Error> {
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pod: Pod = serde_json::from_value(pod.clone()).map_err(Error::Json)?;
+    match pods.create(&kube::api::PostParams::default(), &pod).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::Apply {
+            what: format!("Pod {name}"),
+            source,
+        }),
+    }
+}
+
 /// Creates each replica's Pod on its node, recreates deleted ones, and replaces Pods of an older
 /// template (image, command, args) one at a time: an outdated Pod is deleted only while every
 /// other replica has its Pod. Returns how many Pods still run an older template.
@@ -163,7 +181,7 @@ async fn bind_pods(
             // Terminating: recreated once gone (a Pod's spec is immutable, the name is reused).
             Some(_) => false,
             None => {
-                apply_child(ctx, &materialise::pod(c, tenant, r.index, &node)).await?;
+                create_pod(&pods, &materialise::pod(c, tenant, r.index, &node)).await?;
                 false
             }
         };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -92,10 +92,6 @@ pub(super) async fn apply_child(ctx: &Context, obj: &Value) -> Result<(), Error>
                 .await
                 .map(|_| ())
         }
-        (_, Some(ns)) => Api::<Pod>::namespaced(ctx.client.clone(), ns)
-            .patch(name, &params(), &Patch::Apply(obj))
-            .await
-            .map(|_| ()),
         _ => Ok(()),
     };
     result.map_err(|source| Error::Apply {
