@@ -483,10 +483,16 @@ pub async fn run(
     let (sites, [site_events]) = shared::<Site, 1>(&client, "Site", |_| {})?;
     let nodes = node_store(&client);
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
+    // Workloads' annotations are never read here and can be large (`kubectl apply` keeps the
+    // whole last-applied object in one): tens of thousands of workloads are held without them.
     let (volumes, [volume_events, volumes_to_tenants]) =
-        shared::<StorageVolume, 2>(&client, "StorageVolume", |_| {})?;
+        shared::<StorageVolume, 2>(&client, "StorageVolume", |v| {
+            v.metadata.annotations = None;
+        })?;
     let (instances, [instance_events, instances_to_tenants]) =
-        shared::<ComputeInstance, 2>(&client, "ComputeInstance", |_| {})?;
+        shared::<ComputeInstance, 2>(&client, "ComputeInstance", |c| {
+            c.metadata.annotations = None;
+        })?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
         shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
     let _ = tokio::join!(
