@@ -21,9 +21,10 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVo
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use sovereign_crds::{ComputeInstance, Phase, Rack, Server, Site, StorageVolume, Tenant};
-use sovereign_telemetry::publisher::{self, PublisherConfig};
 use sovereign_tests::bench::arg;
-use sovereign_tests::e2e::{ChildGuard, FakeNode, bmc_sample, cluster, spawn_operator};
+use sovereign_tests::e2e::{
+    ChildGuard, FakeNode, bmc_sample, cluster, local_publisher, spawn_operator,
+};
 
 const NS: &str = "sovereign-system";
 
@@ -100,17 +101,7 @@ async fn main() {
         .unwrap()
         .port();
     let mut op = operator(&kubeconfig, port, 0);
-    let (publisher, _task) = publisher::start(
-        PublisherConfig {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            buffer: 100_000,
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(2),
-            ca_pem: None,
-        },
-        move || Some(token.clone()),
-    );
+    let (publisher, _task) = local_publisher(port, token);
     {
         let publisher = publisher.clone();
         let names = names.clone();

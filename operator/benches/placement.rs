@@ -32,9 +32,10 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use sovereign_crds::{ComputeInstance, Server};
-use sovereign_telemetry::publisher::{self, PublisherConfig};
 use sovereign_tests::bench::{arg, quantile, rss_kib};
-use sovereign_tests::e2e::{Cluster, FakeNode, bmc_sample, cluster, free_port, spawn_operator};
+use sovereign_tests::e2e::{
+    Cluster, FakeNode, bmc_sample, cluster, free_port, local_publisher, spawn_operator,
+};
 
 const NS: &str = "sovereign-system";
 /// How many creates are in flight at once (both phases alike).
@@ -286,17 +287,7 @@ async fn main() {
         },
         "warn",
     );
-    let (publisher, _task) = publisher::start(
-        PublisherConfig {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            buffer: 100_000,
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(2),
-            ca_pem: None,
-        },
-        move || Some(token.clone()),
-    );
+    let (publisher, _task) = local_publisher(port, token);
     {
         let publisher = publisher.clone();
         let names = names.clone();

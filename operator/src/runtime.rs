@@ -203,16 +203,21 @@ fn quota_changes(
         })
 }
 
+/// Watches only what this operator made (its managed-by label).
+fn owned_objects() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        crate::FIELD_MANAGER
+    ))
+}
+
 fn tenant_controller(
     client: &kube::Client,
     config: kube::runtime::controller::Config,
     inputs: TenantInputs,
     lease_rx: Option<watch::Receiver<bool>>,
 ) -> Controller<Tenant> {
-    let owned = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={}",
-        crate::FIELD_MANAGER
-    ));
+    let owned = owned_objects();
     let (tenants, tenant_events) = inputs.tenants;
     let (namespaces, namespace_events) = inputs.namespaces;
     let ns_store = namespaces.clone();
@@ -291,6 +296,54 @@ where
         .filter(|w| w.replica_servers().any(|s| s == name))
         .map(|w| ObjectRef::from(w.as_ref()))
         .collect()
+}
+
+/// A workload controller (StorageVolume or ComputeInstance): its own events, the children it
+/// owns, a Server replicas must leave, and a Tenant whose policy changed.
+fn workload_controller<K, Child>(
+    (store, events): (Store<K>, ReflectHandle<K>),
+    children: Api<Child>,
+    (servers, server_events): (Store<Server>, ReflectHandle<Server>),
+    (namespaces, tenant_events): (Store<Namespace>, ReflectHandle<Tenant>),
+    config: kube::runtime::controller::Config,
+    lease_rx: Option<watch::Receiver<bool>>,
+    shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + HasReplicas
+        + Send
+        + Sync
+        + 'static,
+    Child: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let on_servers = store.clone();
+    let on_tenants = store.clone();
+    let policy = PolicyChanges::default();
+    Controller::for_shared_stream(events, store)
+        .with_config(config)
+        .owns(children, owned_objects())
+        .watches_shared_stream(server_events, move |s: Arc<Server>| {
+            on_server(&on_servers, &servers, &s)
+        })
+        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
+        .watches_shared_stream(tenant_events, move |t: Arc<Tenant>| {
+            if policy.changed(&t) {
+                of_tenant(&on_tenants, &namespaces, &t)
+            } else {
+                Vec::new()
+            }
+        })
+        .reconcile_all_on(on_leadership(lease_rx))
+        .graceful_shutdown_on(shutdown)
 }
 
 /// Which Tenant events change its policy (a new generation: classification, residency,
@@ -542,7 +595,6 @@ pub async fn run(
     let config = kube::runtime::controller::Config::default()
         .debounce(Duration::from_millis(50))
         .concurrency(options.reconcile_concurrency);
-    let managed = format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER);
     let server_controller = Controller::for_shared_stream(server_events, servers.clone())
         .with_config(config.clone())
         .reconcile_on(hub_triggers(&hub, servers.clone()))
@@ -607,70 +659,36 @@ pub async fn run(
     )
     .for_each(|_| async {});
 
-    let volume_store = ctx.volumes.clone();
-    let instance_store = ctx.instances.clone();
-    let (volume_servers, instance_servers) = (ctx.servers.clone(), ctx.servers.clone());
-    let volume_controller = Controller::for_shared_stream(volume_events, volumes.clone())
-        .with_config(config.clone())
-        .owns(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-        )
-        // A server turning unschedulable wakes the volumes with a replica on it.
-        .watches_shared_stream(servers_to_volumes, move |s: Arc<Server>| {
-            on_server(&volume_store, &volume_servers, &s)
-        })
-        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-        .watches_shared_stream(tenants_to_volumes, {
-            let store = ctx.volumes.clone();
-            let ns_store = ctx.namespaces.clone();
-            let policy = PolicyChanges::default();
-            move |t: Arc<Tenant>| {
-                if policy.changed(&t) {
-                    of_tenant(&store, &ns_store, &t)
-                } else {
-                    Vec::new()
-                }
-            }
-        })
-        .reconcile_all_on(on_leadership(lease_rx.clone()))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            storage::reconcile_volume,
-            hardware::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let instance_controller = Controller::for_shared_stream(instance_events, instances.clone())
-        .with_config(config)
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-        )
-        .watches_shared_stream(servers_to_instances, move |s: Arc<Server>| {
-            on_server(&instance_store, &instance_servers, &s)
-        })
-        // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-        .watches_shared_stream(tenants_to_instances, {
-            let store = ctx.instances.clone();
-            let ns_store = ctx.namespaces.clone();
-            let policy = PolicyChanges::default();
-            move |t: Arc<Tenant>| {
-                if policy.changed(&t) {
-                    of_tenant(&store, &ns_store, &t)
-                } else {
-                    Vec::new()
-                }
-            }
-        })
-        .reconcile_all_on(on_leadership(lease_rx.clone()))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(
-            compute::reconcile_instance,
-            hardware::error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
+    let volume_controller = workload_controller(
+        (volumes.clone(), volume_events),
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        (ctx.servers.clone(), servers_to_volumes),
+        (ctx.namespaces.clone(), tenants_to_volumes),
+        config.clone(),
+        lease_rx.clone(),
+        shutdown_signal(),
+    )
+    .run(
+        storage::reconcile_volume,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let instance_controller = workload_controller(
+        (instances.clone(), instance_events),
+        Api::<Pod>::all(client.clone()),
+        (ctx.servers.clone(), servers_to_instances),
+        (ctx.namespaces.clone(), tenants_to_instances),
+        config,
+        lease_rx.clone(),
+        shutdown_signal(),
+    )
+    .run(
+        compute::reconcile_instance,
+        hardware::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
 
     let front_stop = stop.clone();
     let front_leading = lease_rx.clone();

@@ -425,6 +425,28 @@ pub fn spawn_operator(
     )
 }
 
+/// A collector's stream to an operator spawned with `--plaintext-telemetry` on `port`, presenting
+/// `token`, holding up to 100,000 samples while disconnected (fleet-sized benches).
+pub fn local_publisher(
+    port: u16,
+    token: String,
+) -> (
+    sovereign_telemetry::publisher::Publisher,
+    tokio::task::JoinHandle<()>,
+) {
+    sovereign_telemetry::publisher::start(
+        sovereign_telemetry::publisher::PublisherConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            buffer: 100_000,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            ca_pem: None,
+        },
+        move || Some(token.clone()),
+    )
+}
+
 /// A healthy BMC reading as the collector sends it: `cpus` threads, `memory_gib` of memory,
 /// one self-encrypting SSD of `ssd_bytes`, and the chassis intrusion sensor as given.
 pub fn bmc_sample(

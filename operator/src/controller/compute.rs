@@ -18,7 +18,6 @@ use super::conditions::Desired;
 use super::ledger::Workload;
 use super::materialise;
 use super::scale;
-use super::workloads;
 use super::workloads::{
     Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, ask, carried,
     delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
@@ -39,64 +38,37 @@ fn replica(c: &ComputeInstance, p: &Placement, state: ReplicaState) -> InstanceR
     }
 }
 
-/// The stored conditions with Placed naming where the replicas now are.
-fn placed_conditions(
-    stored: &ComputeInstanceStatus,
-    replicas: &[InstanceReplica],
-    c: &ComputeInstance,
-) -> Vec<sovereign_crds::Condition> {
-    let where_: Vec<_> = replicas
-        .iter()
-        .map(|r| {
-            (
-                r.server.clone(),
-                r.rack.clone().unwrap_or_default(),
-                r.site.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    workloads::placed_conditions(&stored.conditions, &where_, c.metadata.generation)
-}
-
-/// Finishes a scale-down: the Releasing replicas' Pods are deleted, then their capacity given
-/// back, then their status entries dropped (a crash in between repeats the deletes).
-async fn release_replicas(
-    ctx: &Context,
-    c: &ComputeInstance,
-    stored: &ComputeInstanceStatus,
-    keep: usize,
-) -> Result<Action, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let leaving: Vec<&InstanceReplica> = stored
-        .replicas
-        .iter()
-        .filter(|r| r.state == ReplicaState::Releasing)
-        .collect();
-    for r in &leaving {
-        let name = r
-            .pod
-            .clone()
-            .unwrap_or_else(|| materialise::pod_name(c, r.index));
-        delete_ignoring_absent(pods.clone(), &name).await?;
+impl scale::ScaledStatus for ComputeInstanceStatus {
+    type Replica = InstanceReplica;
+    fn replicas(&self) -> &[InstanceReplica] {
+        &self.replicas
     }
-    scale::release(ctx, Workload::Instance(c), keep)?;
-    let mut status = stored.clone();
-    status
-        .replicas
-        .retain(|r| r.state != ReplicaState::Releasing);
-    status.conditions = placed_conditions(stored, &status.replicas, c);
-    let value = serde_json::to_value(&status).map_err(Error::Json)?;
-    write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
-    let gone: Vec<String> = leaving
-        .iter()
-        .map(|r| format!("{} on {}", r.index, r.server))
-        .collect();
-    let note = format!(
-        "released replicas {}: Pods deleted, capacity given back",
-        gone.join(", ")
-    );
-    scale::announce(ctx, c, "ReplicasReleased", note).await;
-    Ok(Action::await_change())
+    fn replicas_mut(&mut self) -> &mut Vec<InstanceReplica> {
+        &mut self.replicas
+    }
+    fn conditions(&self) -> &[sovereign_crds::Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<sovereign_crds::Condition>) {
+        self.conditions = conditions;
+    }
+    fn set_pending(&mut self) {
+        self.phase = Phase::Pending;
+    }
+    fn state(r: &InstanceReplica) -> ReplicaState {
+        r.state
+    }
+    fn set_state(r: &mut InstanceReplica, state: ReplicaState) {
+        r.state = state;
+    }
+    fn location(r: &InstanceReplica) -> (u8, String, String, String) {
+        (
+            r.index,
+            r.server.clone(),
+            r.rack.clone().unwrap_or_default(),
+            r.site.clone().unwrap_or_default(),
+        )
+    }
 }
 
 /// Creates a Pod (a plain create costs the API server less than an apply; a Pod is never
@@ -295,7 +267,20 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
 
     let replica_states: Vec<ReplicaState> = stored.replicas.iter().map(|r| r.state).collect();
     if let scale::Step::Release { keep } = scale::step(c.spec.replicas, &replica_states) {
-        return release_replicas(ctx, c, &stored, keep).await;
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        for r in stored
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Releasing)
+        {
+            let name = r
+                .pod
+                .clone()
+                .unwrap_or_else(|| materialise::pod_name(c, r.index));
+            delete_ignoring_absent(pods.clone(), &name).await?;
+        }
+        let workload = Workload::Instance(c);
+        return scale::finish_release(ctx, c, workload, &stored, keep, "Pods").await;
     }
 
     let on: Vec<(u8, String, String)> = stored
@@ -337,58 +322,28 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
     // A changed replica count: new replicas are written before their Pods exist; extra ones are
     // marked Releasing before their Pods go.
     let mut retry_soon = false;
-    match scale::step(c.spec.replicas, &replica_states) {
-        _ if degraded.is_true() => {}
-        scale::Step::Shrink { keep } => {
-            let mut status = stored.clone();
-            for r in status.replicas.iter_mut().skip(keep) {
-                r.state = ReplicaState::Releasing;
+    if !degraded.is_true() {
+        let new_replica = |p: &Placement| replica(c, p, ReplicaState::Placed);
+        let workload = Workload::Instance(c);
+        match scale::count(
+            ctx,
+            c,
+            workload,
+            &tenant,
+            &stored,
+            c.spec.replicas,
+            new_replica,
+            "Pods",
+        )
+        .await?
+        {
+            scale::Counted::Wrote => return Ok(Action::await_change()),
+            scale::Counted::Refused(d) => {
+                degraded = d;
+                retry_soon = true;
             }
-            let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
-            let note = format!("scaling down to {keep}: the Pods of replicas {keep}.. go");
-            scale::announce(ctx, c, "ScalingDown", note).await;
-            return Ok(Action::await_change());
+            scale::Counted::Steady => {}
         }
-        scale::Step::Grow => {
-            let have = stored.replicas.len();
-            match scale::grow(
-                ctx,
-                Workload::Instance(c),
-                &tenant,
-                "ComputeInstance",
-                c,
-                have,
-                c.spec.replicas,
-            )? {
-                scale::Grown::Placed(placements) => {
-                    let mut status = stored.clone();
-                    status.replicas.extend(
-                        placements
-                            .iter()
-                            .map(|p| replica(c, p, ReplicaState::Placed)),
-                    );
-                    // Bound again once the new replicas are materialised.
-                    status.phase = Phase::Pending;
-                    status.conditions = placed_conditions(&stored, &status.replicas, c);
-                    let value = serde_json::to_value(&status).map_err(Error::Json)?;
-                    write_status(ctx, c, &value, c.resource_version().as_deref()).await?;
-                    let where_: Vec<String> = placements.iter().map(|p| p.server.clone()).collect();
-                    let note = format!(
-                        "scaled up to {}: new pods on {}",
-                        c.spec.replicas,
-                        where_.join(", ")
-                    );
-                    scale::announce(ctx, c, "ScaledUp", note).await;
-                    return Ok(Action::await_change());
-                }
-                scale::Grown::Refused(d) => {
-                    degraded = d;
-                    retry_soon = true;
-                }
-            }
-        }
-        scale::Step::Steady | scale::Step::Release { .. } => {}
     }
 
     let mut status = stored.clone();

@@ -301,13 +301,15 @@ impl Ledger {
         Ok(())
     }
 
-    /// Places a workload that has no replicas yet, or says why not. The placement is held as
-    /// pending until the caller's status write shows up in the watch.
-    pub fn place(
+    /// Runs one change of a workload's allocation on fresh books: `change` answers and says
+    /// whether the books changed; a change is held as pending until the caller's status write
+    /// shows up in the watch.
+    fn change<T>(
         &self,
         ctx: &Context,
         w: Workload<'_>,
-    ) -> Result<Result<Decision, Refusal>, LedgerError> {
+        change: impl FnOnce(&mut Placer, &Request) -> (T, bool),
+    ) -> Result<T, LedgerError> {
         let mut state = self.lock();
         self.refresh(ctx, &mut state)?;
         let req = w
@@ -316,20 +318,26 @@ impl Ledger {
         let Some(placer) = state.placer.as_mut() else {
             return Err(LedgerError::Inventory("no inventory".into()));
         };
-        // Already in the books (a status write that failed after placing): place afresh.
-        placer.release(&req.consumer);
-        let decision = placer.place(&req);
-        if let Ok(d) = &decision {
-            state.pending.insert(
-                req.consumer.clone(),
-                Pending {
-                    tenant: req.tenant.name.clone(),
-                    servers: d.placements.iter().map(|p| p.server.clone()).collect(),
-                    request: req,
-                },
-            );
+        let (answer, changed) = change(placer, &req);
+        if changed {
+            hold(&mut state, req);
         }
-        Ok(decision)
+        Ok(answer)
+    }
+
+    /// Places a workload that has no replicas yet, or says why not.
+    pub fn place(
+        &self,
+        ctx: &Context,
+        w: Workload<'_>,
+    ) -> Result<Result<Decision, Refusal>, LedgerError> {
+        self.change(ctx, w, |placer, req| {
+            // Already in the books (a status write that failed after placing): place afresh.
+            placer.release(&req.consumer);
+            let decision = placer.place(req);
+            let placed = decision.is_ok();
+            (decision, placed)
+        })
     }
 
     /// Moves one replica off its server within the same policy (residency, tier, spread,
@@ -340,19 +348,11 @@ impl Ledger {
         w: Workload<'_>,
         replica: u8,
     ) -> Result<Result<sovereign_placement::Placement, Refusal>, LedgerError> {
-        let mut state = self.lock();
-        self.refresh(ctx, &mut state)?;
-        let req = w
-            .request(&state.tenants, &self.options.power)
-            .map_err(|e| LedgerError::Request(e.to_string()))?;
-        let Some(placer) = state.placer.as_mut() else {
-            return Err(LedgerError::Inventory("no inventory".into()));
-        };
-        let moved = placer.replace(&req, replica);
-        if moved.is_ok() {
-            hold(&mut state, req);
-        }
-        Ok(moved)
+        self.change(ctx, w, |placer, req| {
+            let moved = placer.replace(req, replica);
+            let changed = moved.is_ok();
+            (moved, changed)
+        })
     }
 
     /// Adds replicas to the `have` the status records, up to the spec's count, within the same
@@ -365,36 +365,19 @@ impl Ledger {
         w: Workload<'_>,
         have: usize,
     ) -> Result<Result<Vec<sovereign_placement::Placement>, Refusal>, LedgerError> {
-        let mut state = self.lock();
-        self.refresh(ctx, &mut state)?;
-        let req = w
-            .request(&state.tenants, &self.options.power)
-            .map_err(|e| LedgerError::Request(e.to_string()))?;
-        let Some(placer) = state.placer.as_mut() else {
-            return Err(LedgerError::Inventory("no inventory".into()));
-        };
-        let dropped = placer.shrink(&req.consumer, have) > 0;
-        let grown = placer.grow(&req);
-        if dropped || grown.is_ok() {
-            hold(&mut state, req);
-        }
-        Ok(grown)
+        self.change(ctx, w, |placer, req| {
+            let dropped = placer.shrink(&req.consumer, have) > 0;
+            let grown = placer.grow(req);
+            let changed = dropped || grown.is_ok();
+            (grown, changed)
+        })
     }
 
     /// Gives back the capacity of replicas from index `keep` on (their children are gone).
     pub fn shrink(&self, ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(), LedgerError> {
-        let mut state = self.lock();
-        self.refresh(ctx, &mut state)?;
-        let req = w
-            .request(&state.tenants, &self.options.power)
-            .map_err(|e| LedgerError::Request(e.to_string()))?;
-        let Some(placer) = state.placer.as_mut() else {
-            return Err(LedgerError::Inventory("no inventory".into()));
-        };
-        if placer.shrink(&req.consumer, keep) > 0 {
-            hold(&mut state, req);
-        }
-        Ok(())
+        self.change(ctx, w, |placer, req| {
+            ((), placer.shrink(&req.consumer, keep) > 0)
+        })
     }
 
     /// Gives a workload's capacity back (deleted, or its status write was refused).

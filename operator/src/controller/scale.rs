@@ -6,14 +6,153 @@
 
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use sovereign_crds::ConditionStatus;
 use sovereign_crds::workload::ReplicaState;
+use sovereign_crds::{Condition, ConditionStatus};
 use sovereign_placement::{Decision, Placement};
 
 use super::conditions::Desired;
 use super::ledger::{LedgerError, Workload};
-use super::workloads::{audit, refusal_reason};
+use super::workloads::{audit, placed_conditions, refusal_reason, write_status};
 use super::{Context, Error};
+
+/// A workload's status as scaling reads and writes it (StorageVolume and ComputeInstance).
+pub(super) trait ScaledStatus: Clone + serde::Serialize {
+    type Replica: Clone;
+    fn replicas(&self) -> &[Self::Replica];
+    fn replicas_mut(&mut self) -> &mut Vec<Self::Replica>;
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, conditions: Vec<Condition>);
+    /// Back to Pending (new replicas are not materialised yet).
+    fn set_pending(&mut self);
+    fn state(r: &Self::Replica) -> ReplicaState;
+    fn set_state(r: &mut Self::Replica, state: ReplicaState);
+    /// (index, server, rack, site) of a replica.
+    fn location(r: &Self::Replica) -> (u8, String, String, String);
+}
+
+/// The status with `Placed` naming where its replicas now are.
+fn with_placed<S: ScaledStatus>(mut status: S, generation: Option<i64>) -> S {
+    let where_: Vec<_> = status
+        .replicas()
+        .iter()
+        .map(|r| {
+            let (_, server, rack, site) = S::location(r);
+            (server, rack, site)
+        })
+        .collect();
+    let conditions = placed_conditions(status.conditions(), &where_, generation);
+    status.set_conditions(conditions);
+    status
+}
+
+/// What a count change did.
+pub(super) enum Counted {
+    /// Nothing to change (or a move or release to finish first).
+    Steady,
+    /// Status written (replicas added, or marked Releasing): the next pass follows it.
+    Wrote,
+    /// Replicas could not be added; the Degraded condition says why.
+    Refused(Desired),
+}
+
+/// Applies a change of `spec.replicas` to status: new replicas (made by `new_replica`) are
+/// written before anything exists for them; extra ones are marked Releasing before their
+/// `children` go. Both writes carry the object's resourceVersion as precondition.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn count<K, S>(
+    ctx: &Context,
+    obj: &K,
+    w: Workload<'_>,
+    tenant: &str,
+    stored: &S,
+    want: u8,
+    new_replica: impl Fn(&Placement) -> S::Replica,
+    children: &str,
+) -> Result<Counted, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: ScaledStatus,
+{
+    let replica_states: Vec<ReplicaState> = stored.replicas().iter().map(S::state).collect();
+    let (status, reason, note) = match step(want, &replica_states) {
+        Step::Steady | Step::Release { .. } => return Ok(Counted::Steady),
+        Step::Shrink { keep } => {
+            let mut status = stored.clone();
+            for r in status.replicas_mut().iter_mut().skip(keep) {
+                S::set_state(r, ReplicaState::Releasing);
+            }
+            let note =
+                format!("scaling down to {keep}: replicas {keep}.. release their {children}");
+            (status, "ScalingDown", note)
+        }
+        Step::Grow => {
+            let kind = K::kind(&());
+            let placements = match grow(ctx, w, tenant, &kind, obj, replica_states.len(), want)? {
+                Grown::Placed(p) => p,
+                Grown::Refused(d) => return Ok(Counted::Refused(d)),
+            };
+            let mut status = stored.clone();
+            status
+                .replicas_mut()
+                .extend(placements.iter().map(new_replica));
+            status.set_pending();
+            let status = with_placed(status, obj.meta().generation);
+            let where_: Vec<&str> = placements.iter().map(|p| p.server.as_str()).collect();
+            let note = format!("scaled up to {want}: new replicas on {}", where_.join(", "));
+            (status, "ScaledUp", note)
+        }
+    };
+    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+    write_status(ctx, obj, &value, obj.meta().resource_version.as_deref()).await?;
+    announce(ctx, obj, reason, note).await;
+    Ok(Counted::Wrote)
+}
+
+/// Finishes a scale-down once the caller deleted the Releasing replicas' `children`: their
+/// capacity goes back, then their status entries (a crash in between repeats the deletes,
+/// which find nothing, and this).
+pub(super) async fn finish_release<K, S>(
+    ctx: &Context,
+    obj: &K,
+    w: Workload<'_>,
+    stored: &S,
+    keep: usize,
+    children: &str,
+) -> Result<kube::runtime::controller::Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: ScaledStatus,
+{
+    release(ctx, w, keep)?;
+    let gone: Vec<String> = stored
+        .replicas()
+        .iter()
+        .filter(|r| S::state(r) == ReplicaState::Releasing)
+        .map(|r| {
+            let (index, server, _, _) = S::location(r);
+            format!("{index} on {server}")
+        })
+        .collect();
+    let mut status = stored.clone();
+    status
+        .replicas_mut()
+        .retain(|r| S::state(r) != ReplicaState::Releasing);
+    let status = with_placed(status, obj.meta().generation);
+    let value = serde_json::to_value(&status).map_err(Error::Json)?;
+    write_status(ctx, obj, &value, obj.meta().resource_version.as_deref()).await?;
+    let note = format!(
+        "released replicas {}: {children} deleted, capacity given back",
+        gone.join(", ")
+    );
+    announce(ctx, obj, "ReplicasReleased", note).await;
+    Ok(kube::runtime::controller::Action::await_change())
+}
 
 /// The next step of a workload's replica count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,14 +191,14 @@ pub(super) fn step(want: u8, states: &[ReplicaState]) -> Step {
 }
 
 /// What asking the ledger for the missing replicas gave.
-pub(super) enum Grown {
+enum Grown {
     Placed(Vec<Placement>),
     /// None placed; the Degraded condition says why (the others keep running).
     Refused(Desired),
 }
 
 /// Asks the ledger for the missing replicas; audited like a placement.
-pub(super) fn grow(
+fn grow(
     ctx: &Context,
     w: Workload<'_>,
     tenant: &str,
@@ -101,7 +240,7 @@ pub(super) fn grow(
 }
 
 /// Gives back the capacity of the replicas from `keep` on (their children are deleted).
-pub(super) fn release(ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(), Error> {
+fn release(ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(), Error> {
     ctx.ledger
         .shrink(ctx, w, keep)
         .map_err(|e| Error::Ledger(e.to_string()))?;
@@ -111,7 +250,7 @@ pub(super) fn release(ctx: &Context, w: Workload<'_>, keep: usize) -> Result<(),
 }
 
 /// A Normal Event on the workload (scaling is news to its tenant).
-pub(super) async fn announce<K: Resource<DynamicType = ()>>(
+async fn announce<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     obj: &K,
     reason: &str,

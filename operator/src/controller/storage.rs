@@ -20,7 +20,6 @@ use super::conditions::Desired;
 use super::ledger::Workload;
 use super::materialise;
 use super::scale;
-use super::workloads;
 use super::workloads::{
     Asked, FINALIZER, Move, RETRY_REFUSED, all_placed, announce_move, apply_child, ask, carried,
     delete_ignoring_absent, merge, moving_conditions, placed_message, plan_move, tenant_of,
@@ -42,37 +41,44 @@ fn replica(v: &StorageVolume, p: &Placement, state: ReplicaState) -> VolumeRepli
     }
 }
 
-/// The stored conditions with Placed naming where the replicas now are.
-fn placed_conditions(
-    stored: &StorageVolumeStatus,
-    replicas: &[VolumeReplica],
-    v: &StorageVolume,
-) -> Vec<sovereign_crds::Condition> {
-    let where_: Vec<_> = replicas
-        .iter()
-        .map(|r| (r.server.clone(), r.rack.clone(), r.site.clone()))
-        .collect();
-    workloads::placed_conditions(&stored.conditions, &where_, v.metadata.generation)
+impl scale::ScaledStatus for StorageVolumeStatus {
+    type Replica = VolumeReplica;
+    fn replicas(&self) -> &[VolumeReplica] {
+        &self.replicas
+    }
+    fn replicas_mut(&mut self) -> &mut Vec<VolumeReplica> {
+        &mut self.replicas
+    }
+    fn conditions(&self) -> &[sovereign_crds::Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<sovereign_crds::Condition>) {
+        self.conditions = conditions;
+    }
+    fn set_pending(&mut self) {
+        self.phase = Phase::Pending;
+    }
+    fn state(r: &VolumeReplica) -> ReplicaState {
+        r.state
+    }
+    fn set_state(r: &mut VolumeReplica, state: ReplicaState) {
+        r.state = state;
+    }
+    fn location(r: &VolumeReplica) -> (u8, String, String, String) {
+        (r.index, r.server.clone(), r.rack.clone(), r.site.clone())
+    }
 }
 
-/// Finishes a scale-down: the Releasing replicas' PVCs and PVs go, then their capacity, then
-/// their status entries (a crash in between repeats the deletes, which find nothing).
-async fn release_replicas(
+/// Deletes the PVCs and PVs of `replicas` (absent ones are fine).
+async fn delete_volume_children<'a>(
     ctx: &Context,
-    v: &StorageVolume,
-    stored: &StorageVolumeStatus,
-    keep: usize,
-) -> Result<Action, Error> {
-    let ns = v.namespace().unwrap_or_default();
-    let leaving: Vec<&VolumeReplica> = stored
-        .replicas
-        .iter()
-        .filter(|r| r.state == ReplicaState::Releasing)
-        .collect();
-    for r in &leaving {
+    ns: &str,
+    replicas: impl Iterator<Item = &'a VolumeReplica>,
+) -> Result<(), Error> {
+    for r in replicas {
         if let Some(pvc) = &r.pvc {
             delete_ignoring_absent(
-                Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
+                Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns),
                 pvc,
             )
             .await?;
@@ -81,24 +87,7 @@ async fn release_replicas(
             delete_ignoring_absent(Api::<PersistentVolume>::all(ctx.client.clone()), pv).await?;
         }
     }
-    scale::release(ctx, Workload::Volume(v), keep)?;
-    let mut status = stored.clone();
-    status
-        .replicas
-        .retain(|r| r.state != ReplicaState::Releasing);
-    status.conditions = placed_conditions(stored, &status.replicas, v);
-    let value = serde_json::to_value(&status).map_err(Error::Json)?;
-    write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
-    let gone: Vec<String> = leaving
-        .iter()
-        .map(|r| format!("{} on {}", r.index, r.server))
-        .collect();
-    let note = format!(
-        "released replicas {}: PersistentVolumes deleted, capacity given back",
-        gone.join(", ")
-    );
-    scale::announce(ctx, v, "ReplicasReleased", note).await;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error> {
@@ -202,7 +191,13 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
 
     let replica_states: Vec<ReplicaState> = stored.replicas.iter().map(|r| r.state).collect();
     if let scale::Step::Release { keep } = scale::step(v.spec.replicas, &replica_states) {
-        return release_replicas(ctx, v, &stored, keep).await;
+        let leaving = stored
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Releasing);
+        delete_volume_children(ctx, &ns, leaving).await?;
+        let workload = Workload::Volume(v);
+        return scale::finish_release(ctx, v, workload, &stored, keep, "PersistentVolumes").await;
     }
 
     // Move a replica off an unschedulable server: the new home is written first.
@@ -239,60 +234,29 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
     // A changed replica count: new replicas are written before anything exists for them; extra
     // ones are marked Releasing before their children go.
     let mut retry_soon = false;
-    match scale::step(v.spec.replicas, &replica_states) {
-        _ if degraded.is_true() => {}
-        scale::Step::Shrink { keep } => {
-            let mut status = stored.clone();
-            for r in status.replicas.iter_mut().skip(keep) {
-                r.state = ReplicaState::Releasing;
+    if !degraded.is_true() {
+        let new_replica = |p: &Placement| replica(v, p, ReplicaState::Placed);
+        let workload = Workload::Volume(v);
+        let want = v.spec.replicas;
+        match scale::count(
+            ctx,
+            v,
+            workload,
+            &tenant,
+            &stored,
+            want,
+            new_replica,
+            "PersistentVolumes",
+        )
+        .await?
+        {
+            scale::Counted::Wrote => return Ok(Action::await_change()),
+            scale::Counted::Refused(d) => {
+                degraded = d;
+                retry_soon = true;
             }
-            let value = serde_json::to_value(&status).map_err(Error::Json)?;
-            write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
-            let note = format!(
-                "scaling down to {keep}: replicas {keep}.. release their PersistentVolumes"
-            );
-            scale::announce(ctx, v, "ScalingDown", note).await;
-            return Ok(Action::await_change());
+            scale::Counted::Steady => {}
         }
-        scale::Step::Grow => {
-            let have = stored.replicas.len();
-            match scale::grow(
-                ctx,
-                Workload::Volume(v),
-                &tenant,
-                "StorageVolume",
-                v,
-                have,
-                v.spec.replicas,
-            )? {
-                scale::Grown::Placed(placements) => {
-                    let mut status = stored.clone();
-                    status.replicas.extend(
-                        placements
-                            .iter()
-                            .map(|p| replica(v, p, ReplicaState::Placed)),
-                    );
-                    // Bound again once the new replicas are materialised.
-                    status.phase = Phase::Pending;
-                    status.conditions = placed_conditions(&stored, &status.replicas, v);
-                    let value = serde_json::to_value(&status).map_err(Error::Json)?;
-                    write_status(ctx, v, &value, v.resource_version().as_deref()).await?;
-                    let where_: Vec<String> = placements.iter().map(|p| p.server.clone()).collect();
-                    let note = format!(
-                        "scaled up to {}: new replicas on {}",
-                        v.spec.replicas,
-                        where_.join(", ")
-                    );
-                    scale::announce(ctx, v, "ScaledUp", note).await;
-                    return Ok(Action::await_change());
-                }
-                scale::Grown::Refused(d) => {
-                    degraded = d;
-                    retry_soon = true;
-                }
-            }
-        }
-        scale::Step::Steady | scale::Step::Release { .. } => {}
     }
 
     // Materialise what the status records.
@@ -442,18 +406,7 @@ async fn remove_stale_volume_children(
 
 async fn cleanup_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error> {
     let ns = v.namespace().unwrap_or_default();
-    for r in v.status.iter().flat_map(|s| &s.replicas) {
-        if let Some(pvc) = &r.pvc {
-            delete_ignoring_absent(
-                Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns),
-                pvc,
-            )
-            .await?;
-        }
-        if let Some(pv) = &r.pv {
-            delete_ignoring_absent(Api::<PersistentVolume>::all(ctx.client.clone()), pv).await?;
-        }
-    }
+    delete_volume_children(ctx, &ns, v.status.iter().flat_map(|s| &s.replicas)).await?;
     ctx.ledger.release(&Workload::Volume(v).consumer());
     tracing::info!(target: sovereign_telemetry::audit::AUDIT_TARGET, decision = "released", object = %format!("StorageVolume/{ns}/{}", v.name_any()), "capacity released");
     Ok(Action::await_change())

@@ -3,13 +3,12 @@
 //! beside the process's own log. Only those records leave: the rest of the log stays local.
 
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 
-use crate::export::{ExportError, OtlpConfig};
+use crate::export::{ExportError, OtlpConfig, tonic_exporter};
 
 /// Target of the audit records.
 pub const AUDIT_TARGET: &str = "sovereign::audit";
@@ -41,21 +40,12 @@ impl AuditLogs {
     /// Starts the exporter. Must be called inside a Tokio runtime (the gRPC channel lives on
     /// it).
     pub fn start(config: &OtlpConfig) -> Result<Self, ExportError> {
-        if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
-            return Err(ExportError::Endpoint(config.endpoint.clone()));
-        }
-        let mut builder = opentelemetry_otlp::LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout);
-        if config.endpoint.starts_with("https://") {
-            // Verified against the system roots; there is no switch to skip verification.
-            builder = builder
-                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
-        }
-        let exporter = builder
-            .build()
-            .map_err(|e| ExportError::Build(e.to_string()))?;
+        let exporter = tonic_exporter(
+            opentelemetry_otlp::LogExporter::builder().with_tonic(),
+            config,
+        )?
+        .build()
+        .map_err(|e| ExportError::Build(e.to_string()))?;
         let provider = SdkLoggerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(

@@ -10,7 +10,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use thiserror::Error;
@@ -98,6 +97,25 @@ impl OtlpConfig {
     }
 }
 
+/// An OTLP/gRPC exporter builder (metrics or logs) aimed at `config`: an http(s) URL, TLS verified
+/// against the system roots for https (there is no switch to skip verification).
+pub(crate) fn tonic_exporter<B>(builder: B, config: &OtlpConfig) -> Result<B, ExportError>
+where
+    B: opentelemetry_otlp::WithExportConfig + opentelemetry_otlp::WithTonicConfig,
+{
+    if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
+        return Err(ExportError::Endpoint(config.endpoint.clone()));
+    }
+    let mut builder = builder
+        .with_endpoint(config.endpoint.clone())
+        .with_timeout(config.timeout);
+    if config.endpoint.starts_with("https://") {
+        builder =
+            builder.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+    }
+    Ok(builder)
+}
+
 /// Pushes the hub's latest samples over OTLP/gRPC every interval; stops on drop.
 pub struct Otlp {
     provider: SdkMeterProvider,
@@ -119,21 +137,12 @@ impl Otlp {
         hub: &Arc<Hub>,
         locate: impl Fn(&str) -> Placement + Send + Sync + 'static,
     ) -> Result<Self, ExportError> {
-        if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
-            return Err(ExportError::Endpoint(config.endpoint.clone()));
-        }
-        let mut builder = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.timeout);
-        if config.endpoint.starts_with("https://") {
-            // Verified against the system roots; there is no switch to skip verification.
-            builder = builder
-                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
-        }
-        let exporter = builder
-            .build()
-            .map_err(|e| ExportError::Build(e.to_string()))?;
+        let exporter = tonic_exporter(
+            opentelemetry_otlp::MetricExporter::builder().with_tonic(),
+            config,
+        )?
+        .build()
+        .map_err(|e| ExportError::Build(e.to_string()))?;
         let reader = PeriodicReader::builder(exporter)
             .with_interval(config.interval)
             .build();
