@@ -15,12 +15,17 @@ use nv_redfish::ServiceRoot;
 use nv_redfish::chassis::Chassis;
 use nv_redfish::core::query::ExpandQuery;
 use nv_redfish::core::{Bmc, NavProperty};
+use nv_redfish::schema::environment_metrics::EnvironmentMetrics as EnvironmentMetricsSchema;
+use nv_redfish::schema::power::Power as PowerSchema;
+use nv_redfish::schema::power_supply::PowerSupply as PowerSupplySchema;
 use nv_redfish::schema::sensor::Sensor;
 use nv_redfish::schema::sensor_collection::SensorCollection;
+use nv_redfish::schema::thermal::Thermal as ThermalSchema;
 use nv_redfish::sensor::SensorLink;
 
 use super::{
-    BmcSample, ChassisSample, Component, Health, Nav, Reading, conditions, fail, name_of, opt,
+    BmcSample, ChassisSample, Component, Health, Nav, Needs, Reading, Source, conditions, fail,
+    name_of, opt,
 };
 use crate::readings;
 
@@ -42,20 +47,6 @@ impl<B: Bmc> Pending<B> {
             Pending::Link(l) => l.odata_id().to_string(),
             Pending::Read(s) => s.odata_id.to_string(),
         }
-    }
-}
-
-/// What a chassis still needs from its `Sensors` after the legacy and subsystem reads.
-#[derive(Clone, Copy, Default)]
-struct Needs {
-    temperatures: bool,
-    fans: bool,
-    power: bool,
-}
-
-impl Needs {
-    fn any(self) -> bool {
-        self.temperatures || self.fans || self.power
     }
 }
 
@@ -179,8 +170,16 @@ pub(super) async fn chassis<B: Bmc + 'static>(
         .await;
     let mut parts: Vec<BmcSample> = read.into_iter().map(|(part, _, _)| part).collect();
     for (i, needs, sensor) in inline {
-        if let Some(cs) = parts.get_mut(i).and_then(|p| p.chassis.first_mut()) {
-            add_sensor(cs, &sensor, needs);
+        if let Some(cs) = parts.get_mut(i).and_then(|p| p.chassis.first_mut())
+            && add_sensor(cs, &sensor, needs)
+        {
+            // The collection is read again whole: one request however many sensors.
+            let uri = sensor.odata_id.to_string();
+            let collection = uri.rsplit_once('/').map_or(uri.as_str(), |(c, _)| c);
+            let source = Source::Sensors(collection.to_owned(), needs);
+            if !cs.sources.contains(&source) {
+                cs.sources.push(source);
+            }
         }
     }
     for (i, needs, result) in fetched {
@@ -194,8 +193,11 @@ pub(super) async fn chassis<B: Bmc + 'static>(
             .unwrap_or_default();
         match result {
             Ok(sensor) => {
-                if let Some(cs) = part.chassis.first_mut() {
-                    add_sensor(cs, &sensor, needs);
+                if let Some(cs) = part.chassis.first_mut()
+                    && add_sensor(cs, &sensor, needs)
+                {
+                    cs.sources
+                        .push(Source::Sensor(sensor.odata_id.to_string(), needs));
                 }
             }
             Err(e) => fail(part, format!("Chassis/{id}/Sensors"), &e),
@@ -203,9 +205,7 @@ pub(super) async fn chassis<B: Bmc + 'static>(
     }
     for mut part in parts {
         for cs in &mut part.chassis {
-            cs.consumed_watts = readings::chassis_power(cs);
-            cs.inlet_celsius = readings::inlet(cs.temperatures.iter());
-            cs.cpu_max_celsius = readings::cpu_max(cs.temperatures.iter());
+            derive(cs);
         }
         sample.chassis.append(&mut part.chassis);
         sample.errors.append(&mut part.errors);
@@ -213,8 +213,20 @@ pub(super) async fn chassis<B: Bmc + 'static>(
     }
 }
 
-/// Files one sensor reading where the chassis needs it, by its type or unit.
-fn add_sensor(cs: &mut ChassisSample, sensor: &nv_redfish::schema::sensor::Sensor, needs: Needs) {
+/// The chassis' own power, inlet and hottest CPU, from its readings.
+pub(super) fn derive(cs: &mut ChassisSample) {
+    cs.consumed_watts = readings::chassis_power(cs);
+    cs.inlet_celsius = readings::inlet(cs.temperatures.iter());
+    cs.cpu_max_celsius = readings::cpu_max(cs.temperatures.iter());
+}
+
+/// Files one sensor reading where the chassis needs it, by its type or unit; false when it is
+/// none of what the chassis needs.
+pub(super) fn add_sensor(
+    cs: &mut ChassisSample,
+    sensor: &nv_redfish::schema::sensor::Sensor,
+    needs: Needs,
+) -> bool {
     let kind = sensor
         .reading_type
         .as_ref()
@@ -252,8 +264,9 @@ fn add_sensor(cs: &mut ChassisSample, sensor: &nv_redfish::schema::sensor::Senso
             });
         }
         (Some("Rotational"), _) | (_, Some("RPM")) if needs.fans => cs.fans.push(reading),
-        _ => {}
+        _ => return false,
     }
+    true
 }
 
 /// Legacy Thermal, Power, EnvironmentMetrics and PowerSubsystem of one chassis; the sensor
@@ -269,6 +282,7 @@ async fn one_chassis<B: Bmc + 'static>(
     let mut cs = ChassisSample {
         id: id.clone(),
         uri: super::last_segment(&raw.odata_id.to_string()),
+        odata_id: raw.odata_id.to_string(),
         name: raw.name.clone(),
         chassis_type: Some(name_of(&raw.chassis_type)),
         contained_by: raw
@@ -290,17 +304,20 @@ async fn one_chassis<B: Bmc + 'static>(
     // Thermal, power and environment are independent reads: at once (slow BMCs).
     let (mut temps, mut temps_errors) = (ChassisSample::default(), BmcSample::default());
     let (mut power, mut power_errors) = (ChassisSample::default(), BmcSample::default());
-    let (mut watts, mut env_errors) = (None, BmcSample::default());
+    let (mut env, mut env_errors) = (ChassisSample::default(), BmcSample::default());
     tokio::join!(
         legacy_thermal(&ch, bmc, &id, &mut temps, &mut temps_errors),
         legacy_power(&ch, bmc, &id, &mut power, &mut power_errors),
-        environment(&ch, &id, &mut watts, &mut env_errors),
+        environment(&ch, &id, &mut env, &mut env_errors),
     );
     cs.temperatures = temps.temperatures;
     cs.fans = temps.fans;
     cs.power_supplies = power.power_supplies;
     cs.power_control_watts = power.power_control_watts;
-    cs.environment_watts = watts;
+    cs.environment_watts = env.environment_watts;
+    for part in [temps.sources, power.sources, env.sources] {
+        cs.sources.extend(part);
+    }
     for part in [temps_errors, power_errors, env_errors] {
         errors.errors.extend(part.errors);
     }
@@ -310,12 +327,8 @@ async fn one_chassis<B: Bmc + 'static>(
             Ok(psus) => {
                 for psu in psus {
                     let r = psu.raw();
-                    cs.power_supplies.push(Component {
-                        name: r.name.clone(),
-                        health: Health::of(r.status.as_ref()).0,
-                        input_watts: None,
-                        conditions: conditions(r.status.as_ref()),
-                    });
+                    cs.power_supplies.push(power_supply(&r));
+                    cs.sources.push(Source::PowerSupply(r.odata_id.to_string()));
                 }
             }
             Err(e) => fail(&mut errors, format!("Chassis/{id}/PowerSubsystem"), &e),
@@ -372,7 +385,7 @@ async fn one_chassis<B: Bmc + 'static>(
 
 /// A chassis' sensors in one `$expand` request; None when the BMC answered links only (it
 /// ignored the query), so the caller reads them one by one.
-async fn expanded_sensors<B: Bmc>(
+pub(super) async fn expanded_sensors<B: Bmc>(
     bmc: &B,
     nav: &NavProperty<SensorCollection>,
 ) -> Result<Option<Vec<Arc<Sensor>>>, B::Error> {
@@ -396,12 +409,21 @@ async fn legacy_thermal<B: Bmc + 'static>(
     cs: &mut ChassisSample,
     sample: &mut BmcSample,
 ) {
-    let t = match ch.thermal().await {
-        Ok(Some(t)) => t,
-        Ok(None) => return,
-        Err(e) => return fail(sample, format!("Chassis/{id}/Thermal"), &e),
-    };
-    let t = t.raw();
+    match ch.thermal().await {
+        Ok(Some(t)) => thermal_readings(&t.raw(), bmc, id, cs, sample).await,
+        Ok(None) => {}
+        Err(e) => fail(sample, format!("Chassis/{id}/Thermal"), &e),
+    }
+}
+
+/// Temperatures and fans of a legacy `Thermal` document.
+pub(super) async fn thermal_readings<B: Bmc + 'static>(
+    t: &ThermalSchema,
+    bmc: &B,
+    id: &str,
+    cs: &mut ChassisSample,
+    sample: &mut BmcSample,
+) {
     for nav in t.temperatures.iter().flatten() {
         match nav.get(bmc).await {
             Ok(temp) => {
@@ -441,6 +463,9 @@ async fn legacy_thermal<B: Bmc + 'static>(
             Err(e) => fail(sample, format!("Chassis/{id}/Thermal/Fans"), &Nav(&e)),
         }
     }
+    if !cs.temperatures.is_empty() || !cs.fans.is_empty() {
+        cs.sources.push(Source::Thermal(t.odata_id.to_string()));
+    }
 }
 
 async fn legacy_power<B: Bmc + 'static>(
@@ -450,12 +475,21 @@ async fn legacy_power<B: Bmc + 'static>(
     cs: &mut ChassisSample,
     sample: &mut BmcSample,
 ) {
-    let p = match ch.power().await {
-        Ok(Some(p)) => p,
-        Ok(None) => return,
-        Err(e) => return fail(sample, format!("Chassis/{id}/Power"), &e),
-    };
-    let p = p.raw();
+    match ch.power().await {
+        Ok(Some(p)) => power_readings(&p.raw(), bmc, id, cs, sample).await,
+        Ok(None) => {}
+        Err(e) => fail(sample, format!("Chassis/{id}/Power"), &e),
+    }
+}
+
+/// Power control and power supplies of a legacy `Power` document.
+pub(super) async fn power_readings<B: Bmc + 'static>(
+    p: &PowerSchema,
+    bmc: &B,
+    id: &str,
+    cs: &mut ChassisSample,
+    sample: &mut BmcSample,
+) {
     for nav in p.power_control.iter().flatten() {
         match nav.get(bmc).await {
             Ok(pc) => {
@@ -483,24 +517,43 @@ async fn legacy_power<B: Bmc + 'static>(
             ),
         }
     }
+    if cs.power_control_watts.is_some() || !cs.power_supplies.is_empty() {
+        cs.sources.push(Source::Power(p.odata_id.to_string()));
+    }
+}
+
+/// A PSU of `PowerSubsystem`.
+pub(super) fn power_supply(r: &PowerSupplySchema) -> Component {
+    Component {
+        name: r.name.clone(),
+        health: Health::of(r.status.as_ref()).0,
+        input_watts: None,
+        conditions: conditions(r.status.as_ref()),
+    }
 }
 
 async fn environment<B: Bmc + 'static>(
     ch: &Chassis<B>,
     id: &str,
-    watts: &mut Option<f64>,
+    cs: &mut ChassisSample,
     sample: &mut BmcSample,
 ) {
     match ch.environment_metrics().await {
-        Ok(Some(env)) => {
-            *watts = env
-                .raw()
-                .power_watts
-                .as_ref()
-                .and_then(|p| opt(p.reading.as_ref()));
-        }
+        Ok(Some(env)) => environment_watts(&env.raw(), cs),
         Ok(None) => {}
         Err(e) => fail(sample, format!("Chassis/{id}/EnvironmentMetrics"), &e),
+    }
+}
+
+/// The power an `EnvironmentMetrics` document reports.
+pub(super) fn environment_watts(env: &EnvironmentMetricsSchema, cs: &mut ChassisSample) {
+    cs.environment_watts = env
+        .power_watts
+        .as_ref()
+        .and_then(|p| opt(p.reading.as_ref()));
+    if cs.environment_watts.is_some() {
+        cs.sources
+            .push(Source::Environment(env.odata_id.to_string()));
     }
 }
 

@@ -27,11 +27,13 @@ pub type HttpRedfish = RulesBmc<HttpBmc<Transport>>;
 mod chassis;
 mod errors;
 mod logs;
+mod refresh;
 mod repairs;
 mod systems;
 
 use errors::{Classified, Nav, describe, one_line};
 pub use errors::{FailureClass, RedfishError, error_body_summary};
+pub use refresh::refresh;
 pub use repairs::{DocumentKind, REPAIRS, Repair, parse_document, repairs};
 
 /// How to reach one BMC. The password is never printed.
@@ -175,6 +177,38 @@ pub struct ChassisSample {
     pub temperatures: Vec<Reading>,
     pub fans: Vec<Reading>,
     pub power_supplies: Vec<Component>,
+    /// Its `@odata.id`, where a light poll reads its status again.
+    #[serde(skip)]
+    pub odata_id: String,
+    /// The documents its readings came from: all a light poll reads again.
+    #[serde(skip)]
+    pub sources: Vec<Source>,
+}
+
+/// A document one chassis' readings came from in a full poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Thermal(String),
+    Power(String),
+    Environment(String),
+    PowerSupply(String),
+    /// A `Sensors` collection read with its members inline, and what it was read for.
+    Sensors(String, Needs),
+    Sensor(String, Needs),
+}
+
+/// What a chassis takes from its `Sensors` (where legacy and subsystem reads said nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub temperatures: bool,
+    pub fans: bool,
+    pub power: bool,
+}
+
+impl Needs {
+    fn any(self) -> bool {
+        self.temperatures || self.fans || self.power
+    }
 }
 
 impl ChassisSample {
@@ -224,6 +258,9 @@ pub struct SystemSample {
     pub chassis: Vec<String>,
     /// Why it is not OK, in the BMC's words (`Status.Conditions[].Message`).
     pub conditions: Vec<String>,
+    /// Its `@odata.id`, where a light poll reads its status again.
+    #[serde(skip)]
+    pub odata_id: String,
 }
 
 /// One GPU (a `Processor` with `ProcessorType: GPU`).
@@ -282,6 +319,14 @@ pub struct BmcSample {
     /// Fields dropped or filled in so a document would decode, each with its URI: what the
     /// BMC sent that does not follow the schema, at the cost of that field only.
     pub warnings: Vec<String>,
+    /// A light poll ([`refresh`]): readings and health read again, inventory and logs from
+    /// the last full poll.
+    #[serde(skip)]
+    pub light: bool,
+    /// The tree no longer matches the last full poll (a chassis came or went, a document
+    /// moved): the next poll must be a full one.
+    #[serde(skip)]
+    pub stale_plan: bool,
 }
 
 impl BmcSample {
@@ -513,26 +558,32 @@ pub async fn collect_with<B: Bmc + 'static>(
         sample.expand_refused = true;
     }
     // The service root answers without credentials; a BMC where nothing below it could be read
-    // (bad credentials, overloaded) has failed, with the class of its first error and every
-    // section's reason (distinct ones, so ten 401s read as one).
+    // (bad credentials, overloaded) has failed.
     if sample.systems.is_empty()
         && sample.chassis.is_empty()
-        && let Some(first) = sample.errors.first()
+        && let Some(e) = nothing_read(&sample.errors)
     {
-        let mut reasons: Vec<String> = Vec::new();
-        for e in &sample.errors {
-            if !reasons.iter().any(|r| r.ends_with(&e.reason)) {
-                reasons.push(format!("{}: {}", e.section, e.reason));
-            }
-        }
-        let mut message = reasons.join("; ");
-        truncate_reason(&mut message);
-        return Err(RedfishError::Tree {
-            class: first.class,
-            message,
-        });
+        return Err(e);
     }
     Ok(sample)
+}
+
+/// The failure of a poll that read nothing: the class of its first error and every section's
+/// reason (distinct ones, so ten 401s read as one).
+fn nothing_read(errors: &[SectionError]) -> Option<RedfishError> {
+    let first = errors.first()?;
+    let mut reasons: Vec<String> = Vec::new();
+    for e in errors {
+        if !reasons.iter().any(|r| r.ends_with(&e.reason)) {
+            reasons.push(format!("{}: {}", e.section, e.reason));
+        }
+    }
+    let mut message = reasons.join("; ");
+    truncate_reason(&mut message);
+    Some(RedfishError::Tree {
+        class: first.class,
+        message,
+    })
 }
 
 async fn read_tree<B: Bmc + 'static>(
@@ -541,9 +592,7 @@ async fn read_tree<B: Bmc + 'static>(
     expand_sensors: bool,
 ) -> BmcSample {
     let mut sample = BmcSample {
-        observed_at_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        observed_at_unix_ms: now_ms(),
         vendor: root.vendor().map(|v| v.to_string()),
         ..BmcSample::default()
     };
@@ -572,6 +621,12 @@ async fn read_tree<B: Bmc + 'static>(
         sample.events.extend(part.events);
     }
     sample
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 /// Longest reason kept: reasons end up in Server conditions and Events.

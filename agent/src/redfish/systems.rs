@@ -46,6 +46,7 @@ pub(super) async fn systems<B: Bmc + 'static>(
         let ps = raw.processor_summary.as_ref();
         sample.systems.push(SystemSample {
             id: raw.id.clone(),
+            odata_id: raw.odata_id.to_string(),
             manufacturer: opt(raw.manufacturer.as_ref()),
             model: opt(raw.model.as_ref()),
             serial_number: opt(raw.serial_number.as_ref()),
