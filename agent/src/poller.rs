@@ -1,6 +1,13 @@
 //! Polling many BMCs: bounded concurrency across BMCs, a deadline per BMC, one HTTP client per
 //! BMC reused across cycles (connection reuse), and per-BMC backoff so a failing BMC is not
 //! hammered. One BMC's failure is recorded against that BMC only.
+//!
+//! Full and light polls: a full poll reads the whole tree (inventory, logs, readings); a BMC
+//! whose full poll takes more than a quarter of the deadline (a GPU server with dozens of
+//! chassis, a slow BMC) is then polled light ([`redfish::refresh`]: health and readings only)
+//! every cycle, with a full poll every [`PollConfig::full_every`] polls running in the
+//! background. A full poll that outlives its cycle's deadline while the BMC is answering keeps
+//! going in the background (up to [`PollConfig::inventory_deadline`]) instead of being lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +165,22 @@ pub struct Member {
     /// baseline, so an agent restart does not replay a BMC's whole history.
     seen_events: std::collections::HashSet<String>,
     events_baselined: bool,
+    /// The last full poll's sample (its events dropped): what light polls read again.
+    base: Option<Arc<BmcSample>>,
+    /// Polled light: its last full poll took more than a quarter of the deadline.
+    pub light: bool,
+    /// Light polls since the last full one.
+    light_polls: u32,
+    /// A full poll running in the background (outlived its cycle, or a periodic one).
+    inventory: Option<tokio::task::JoinHandle<Background>>,
+    inventory_holds_session: bool,
+    /// Events of a background full poll, reported with the next light poll.
+    pending_events: Vec<redfish::LogEvent>,
 }
+
+/// What a background full poll brings back: its result, and the job when it was one that
+/// outlived its cycle (it holds the session).
+type Background = (Result<BmcSample, PollError>, Option<Job>, Duration);
 
 /// Seen-event keys kept per BMC before the baseline is taken again (bounds memory).
 const MAX_SEEN_EVENTS: usize = 20_000;
@@ -182,6 +204,15 @@ impl Member {
         if !self.events_baselined {
             sample.events.clear();
             self.events_baselined = true;
+        }
+    }
+}
+
+impl Drop for Member {
+    /// A member replaced or removed stops its background poll.
+    fn drop(&mut self) {
+        if let Some(h) = &self.inventory {
+            h.abort();
         }
     }
 }
@@ -253,6 +284,12 @@ impl Member {
             use_expand: true,
             seen_events: std::collections::HashSet::new(),
             events_baselined: false,
+            base: None,
+            light: false,
+            light_polls: 0,
+            inventory: None,
+            inventory_holds_session: false,
+            pending_events: Vec::new(),
             target,
             endpoint,
             interval,
@@ -283,8 +320,9 @@ impl Job {
         }
     }
 
-    /// Logs in if needed, polls, and re-logs in once when the session has expired.
-    async fn run(mut self) -> (Result<BmcSample, PollError>, Self) {
+    /// Logs in if needed, polls (light over `base` when given), and re-logs in once when the
+    /// session has expired.
+    async fn run(mut self, base: Option<Arc<BmcSample>>) -> (Result<BmcSample, PollError>, Self) {
         let basic = match &self.basic {
             Ok(b) => b.clone(),
             Err(config) => {
@@ -321,8 +359,11 @@ impl Job {
                 .map_or_else(|| basic.clone(), |s| s.client.clone());
             // Sensors inline once the BMC's service root said it expands (from the first poll).
             let expand_sensors = self.use_expand && self.hint.expands();
-            let result = redfish::collect_with(client, self.use_expand, expand_sensors)
-                .await
+            let result = match &base {
+                Some(base) => redfish::refresh(&*client, base, expand_sensors).await,
+                None => redfish::collect_with(client, self.use_expand, expand_sensors).await,
+            };
+            let result = result
                 .map(|mut sample| {
                     sample.warnings = self.hint.take_dropped();
                     sample
@@ -350,6 +391,10 @@ pub struct PollConfig {
     pub deadline: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// A BMC polled light gets a full poll (inventory, logs) every this many polls.
+    pub full_every: u32,
+    /// Longest a full poll may run in the background.
+    pub inventory_deadline: Duration,
 }
 
 impl Default for PollConfig {
@@ -361,6 +406,9 @@ impl Default for PollConfig {
             deadline: Duration::from_secs(55),
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_mins(30),
+            // Every 2 minutes at the default 15 s interval.
+            full_every: 8,
+            inventory_deadline: Duration::from_mins(10),
         }
     }
 }
@@ -380,6 +428,8 @@ pub struct CycleReport {
     pub skipped: Vec<String>,
     /// Polled less often than every cycle (`pollIntervalSeconds`) and not due yet.
     pub not_due: usize,
+    /// Its first full poll is still running in the background (a slow or very large BMC).
+    pub pending: Vec<String>,
 }
 
 impl Fleet {
@@ -478,7 +528,28 @@ impl Fleet {
                 report.not_due += 1;
                 continue;
             }
+            let first_failed = m.collect_inventory(&self.config).await;
+            if let Some(e) = first_failed {
+                m.backoff
+                    .on_failure(e.class(), Instant::now(), m.hint.take());
+                report.outcomes.push(Outcome {
+                    name: m.name.clone(),
+                    result: Err(e),
+                    elapsed: Duration::ZERO,
+                });
+                continue;
+            }
+            // A full poll that outlived its cycle holds the session; before the first one ends
+            // there is nothing to read light.
+            if m.inventory.is_some() && (m.inventory_holds_session || m.base.is_none()) {
+                report.pending.push(m.name.clone());
+                continue;
+            }
             m.last_polled = Some(now);
+            let base = m.base.clone().filter(|_| m.light);
+            if base.is_some() {
+                m.start_periodic_full(&self.config);
+            }
             let job = Job {
                 endpoint: m.endpoint.clone(),
                 hint: m.hint.clone(),
@@ -487,34 +558,36 @@ impl Fleet {
                 auth: m.auth,
                 use_expand: m.use_expand,
             };
-            let deadline = self.config.deadline;
+            let config = self.config.clone();
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let start = Instant::now();
-                let (result, job) = match semaphore.acquire_owned().await {
-                    Err(e) => (Err(PollError::Task(e.to_string())), job),
-                    Ok(_permit) => match tokio::time::timeout(deadline, job.run()).await {
-                        Ok(done) => done,
-                        // The job (and any session it opened) is lost with the timeout; the
-                        // BMC expires such a session on its own.
-                        Err(_) => (Err(PollError::Timeout(deadline)), Job::lost()),
-                    },
+                let done = match semaphore.acquire_owned().await {
+                    Err(e) => Done::Polled(Err(PollError::Task(e.to_string())), job),
+                    Ok(_permit) => job.poll(base, &config).await,
                 };
-                (i, result, start.elapsed(), job)
+                (i, done, start.elapsed())
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, mut result, elapsed, job)) = joined else {
+            let Ok((i, done, elapsed)) = joined else {
                 continue;
             };
             let member = &mut self.members[i];
+            let (mut result, job) = match done {
+                Done::Polled(result, job) => (result, job),
+                Done::Overflowed(handle) => {
+                    member.inventory = Some(handle);
+                    member.inventory_holds_session = true;
+                    report.pending.push(member.name.clone());
+                    continue;
+                }
+            };
             if let Ok(sample) = &mut result {
+                member.took(sample, elapsed, &self.config);
                 member.new_events_only(sample);
             }
-            if job.auth != Auth::Unsettled || job.session.is_some() {
-                member.auth = job.auth;
-            }
-            member.session = job.session;
+            member.restore(job);
             match &result {
                 Ok(sample) => {
                     member.hint.take();
@@ -537,6 +610,146 @@ impl Fleet {
         }
         report.outcomes.sort_by(|a, b| a.name.cmp(&b.name));
         report
+    }
+}
+
+/// How one member's poll in a cycle ended.
+#[allow(clippy::large_enum_variant)] // one per BMC per cycle, moved once
+enum Done {
+    Polled(Result<BmcSample, PollError>, Job),
+    /// A full poll that outlived the deadline while the BMC kept answering: still running.
+    Overflowed(tokio::task::JoinHandle<Background>),
+}
+
+impl Job {
+    /// A light poll over `base` within the deadline, or a full one that may go on in the
+    /// background when the deadline passes while the BMC is still answering.
+    async fn poll(self, base: Option<Arc<BmcSample>>, config: &PollConfig) -> Done {
+        let deadline = config.deadline;
+        if base.is_some() {
+            return match tokio::time::timeout(deadline, self.run(base)).await {
+                Ok((result, job)) => Done::Polled(result, job),
+                Err(_) => Done::Polled(Err(PollError::Timeout(deadline)), Job::lost()),
+            };
+        }
+        let hint = self.hint.clone();
+        hint.reset_answered();
+        let inventory_deadline = config.inventory_deadline;
+        let started = Instant::now();
+        let mut handle = tokio::spawn(async move {
+            match tokio::time::timeout(inventory_deadline, self.run(None)).await {
+                Ok((result, job)) => (result, Some(job), started.elapsed()),
+                Err(_) => (
+                    Err(PollError::Timeout(inventory_deadline)),
+                    None,
+                    started.elapsed(),
+                ),
+            }
+        });
+        match tokio::time::timeout(deadline, &mut handle).await {
+            Ok(Ok((result, job, _))) => Done::Polled(result, job.unwrap_or_else(Job::lost)),
+            Ok(Err(e)) => Done::Polled(Err(PollError::Task(e.to_string())), Job::lost()),
+            Err(_) if hint.answered() => Done::Overflowed(handle),
+            // Nothing answered: a dead or hung BMC. The job (and any session it opened) is lost
+            // with the timeout; the BMC expires such a session on its own.
+            Err(_) => {
+                handle.abort();
+                Done::Polled(Err(PollError::Timeout(deadline)), Job::lost())
+            }
+        }
+    }
+}
+
+impl Member {
+    /// Takes back the session and authentication a job used.
+    fn restore(&mut self, job: Job) {
+        if job.auth != Auth::Unsettled || job.session.is_some() {
+            self.auth = job.auth;
+        }
+        self.session = job.session;
+    }
+
+    /// Learns from a poll's sample: a full one becomes the base of light polls (light from now
+    /// on when it was slow); a light one gets the events of the last background full poll, and
+    /// asks for a full poll soon when the tree changed under it.
+    fn took(&mut self, sample: &mut BmcSample, elapsed: Duration, config: &PollConfig) {
+        if sample.light {
+            self.light_polls = self.light_polls.saturating_add(1);
+            if sample.stale_plan {
+                self.light_polls = config.full_every;
+            }
+            sample.events.append(&mut self.pending_events);
+        } else {
+            self.full_done(sample, elapsed, config);
+        }
+    }
+
+    fn full_done(&mut self, sample: &BmcSample, elapsed: Duration, config: &PollConfig) {
+        self.light = elapsed > config.deadline / 4;
+        self.light_polls = 0;
+        self.base = Some(Arc::new(BmcSample {
+            events: Vec::new(),
+            ..sample.clone()
+        }));
+    }
+
+    /// Takes in a finished background full poll. Returns the error of a first full poll that
+    /// failed (the BMC's outcome this cycle); a later one that fails leaves the base as it was.
+    async fn collect_inventory(&mut self, config: &PollConfig) -> Option<PollError> {
+        let handle = self.inventory.take_if(|h| h.is_finished())?;
+        self.inventory_holds_session = false;
+        let (result, job, elapsed) = match handle.await {
+            Ok(done) => done,
+            Err(e) => (Err(PollError::Task(e.to_string())), None, Duration::ZERO),
+        };
+        if let Some(job) = job {
+            self.restore(job);
+        }
+        match result {
+            Ok(mut sample) => {
+                // It ran for minutes: readings come from a light poll on the new base.
+                self.full_done(&sample, elapsed, config);
+                self.light = true;
+                self.new_events_only(&mut sample);
+                self.pending_events.append(&mut sample.events);
+                None
+            }
+            Err(e) if self.base.is_none() => Some(e),
+            Err(e) => {
+                tracing::debug!(bmc = %self.name, error = %e, "background full poll failed");
+                self.light_polls = 0;
+                None
+            }
+        }
+    }
+
+    /// Starts the periodic full poll in the background when due, on the current session (it
+    /// never logs in: the light polls keep the session alive).
+    fn start_periodic_full(&mut self, config: &PollConfig) {
+        if self.inventory.is_some() || self.light_polls + 1 < config.full_every {
+            return;
+        }
+        let client = match (&self.session, &self.basic) {
+            (Some(s), _) => s.client.clone(),
+            (None, Ok(b)) if self.auth == Auth::Basic => b.clone(),
+            _ => return,
+        };
+        let (use_expand, hint) = (self.use_expand, self.hint.clone());
+        let deadline = config.inventory_deadline;
+        self.inventory = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let expand_sensors = use_expand && hint.expands();
+            let result = match tokio::time::timeout(
+                deadline,
+                redfish::collect_with(client, use_expand, expand_sensors),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(PollError::from),
+                Err(_) => Err(PollError::Timeout(deadline)),
+            };
+            (result, None, started.elapsed())
+        }));
     }
 }
 

@@ -193,7 +193,7 @@ pub async fn run_bmc(
                     m.record(fleet.members().len(), &r, started.elapsed(), publisher.stats());
                 }
                 let failed = r.outcomes.iter().filter(|o| o.result.is_err()).count();
-                tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), not_due = r.not_due, "bmc cycle");
+                tracing::info!(polled = r.outcomes.len(), failed, backing_off = r.skipped.len(), not_due = r.not_due, pending = r.pending.len(), "bmc cycle");
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct CollectorMetrics {
     failures: Family<Class, Counter>,
     backing_off: Gauge,
     not_due: Gauge,
+    pending: Gauge,
+    light_polls: Counter,
     sent: Gauge,
     dropped: Gauge,
     stream_failures: Gauge,
@@ -50,6 +52,8 @@ impl CollectorMetrics {
             failures: Family::default(),
             backing_off: Gauge::default(),
             not_due: Gauge::default(),
+            pending: Gauge::default(),
+            light_polls: Counter::default(),
             sent: Gauge::default(),
             dropped: Gauge::default(),
             stream_failures: Gauge::default(),
@@ -81,6 +85,16 @@ impl CollectorMetrics {
             m.not_due.clone(),
         );
         registry.register(
+            "first_poll_pending",
+            "BMCs whose first full poll is still running past its cycle (slow or very large BMCs)",
+            m.pending.clone(),
+        );
+        registry.register(
+            "light_polls",
+            "BMC polls that read health and readings only (slow BMCs between full polls)",
+            m.light_polls.clone(),
+        );
+        registry.register(
             "samples_sent",
             "Samples streamed to the operator",
             m.sent.clone(),
@@ -106,8 +120,11 @@ impl CollectorMetrics {
         self.cycle_seconds.set(took.as_secs_f64());
         for o in &report.outcomes {
             match &o.result {
-                Ok(_) => {
+                Ok(sample) => {
                     self.polls_ok.inc();
+                    if sample.light {
+                        self.light_polls.inc();
+                    }
                 }
                 Err(e) => {
                     self.failures
@@ -120,6 +137,7 @@ impl CollectorMetrics {
         }
         self.backing_off.set(gauge(report.skipped.len()));
         self.not_due.set(gauge(report.not_due));
+        self.pending.set(gauge(report.pending.len()));
         self.sent.set(counter(&stream.sent));
         self.dropped.set(counter(&stream.dropped));
         self.stream_failures.set(counter(&stream.failures));
@@ -176,6 +194,7 @@ mod tests {
             }],
             skipped: vec!["hn1-r01-s02".into()],
             not_due: 3,
+            pending: vec!["dgx-01".into()],
         };
         let stats = Stats::default();
         stats.dropped.store(7, Ordering::Relaxed);
@@ -188,6 +207,7 @@ mod tests {
             r#"sovereign_collector_poll_failures_total{class="BmcTimeout"} 2"#,
             "sovereign_collector_backing_off 1",
             "sovereign_collector_not_due 3",
+            "sovereign_collector_first_poll_pending 1",
             "sovereign_collector_samples_dropped 7",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");

@@ -43,6 +43,8 @@ pub struct RetryHint {
     dropped: Arc<Mutex<Vec<String>>>,
     /// The service root last read advertises `$expand` of subordinate links.
     expands: Arc<std::sync::atomic::AtomicBool>,
+    /// A document was read since [`RetryHint::reset_answered`]: the BMC is slow, not dead.
+    answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Dropped-field notes kept between two polls (a broken BMC must not grow memory).
@@ -52,6 +54,16 @@ impl RetryHint {
     /// Whether the BMC's service root (as last read) advertises `$expand` (`NoLinks`).
     pub fn expands(&self) -> bool {
         self.expands.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a document was read since the last [`RetryHint::reset_answered`].
+    pub fn answered(&self) -> bool {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn reset_answered(&self) {
+        self.answered
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes the hint, leaving none.
@@ -298,6 +310,9 @@ impl HttpClient for Transport {
         let mut value: serde_json::Value =
             serde_json::from_slice(&body).map_err(BmcError::DecodeError)?;
         drop(body);
+        self.hint
+            .answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         repair.repair(&mut value);
         if url.path().trim_end_matches('/') == "/redfish/v1" {
             let advertised = value.pointer("/ProtocolFeaturesSupported/ExpandQuery/NoLinks")

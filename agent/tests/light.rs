@@ -228,3 +228,80 @@ async fn a_light_poll_sees_new_readings_health_and_intrusion() {
     assert!(light.stale_plan);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background() {
+    use sovereign_agent::poller::{Fleet, PollConfig};
+    use std::time::Instant;
+    // The DGX at 40 ms per request: its whole tree (262 requests) outlives a 1.5 s deadline,
+    // its light poll (44 requests, 4 at a time) does not.
+    let mut dgx = MockBmc::new(mockups().join("vendor/nvidia-viking"));
+    dgx.expand = true;
+    dgx.latency = Duration::from_millis(40);
+    let paths = dgx.paths.clone();
+    let dgx = mockbmc::start(dgx).await.unwrap();
+    let rack = mockbmc::start(MockBmc::new(mockups().join("dmtf/public-rackmount1")))
+        .await
+        .unwrap();
+    let ep = |address: String| Endpoint {
+        address,
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(10),
+    };
+    let config = PollConfig {
+        deadline: Duration::from_millis(1500),
+        full_every: 3,
+        ..PollConfig::default()
+    };
+    let mut fleet = Fleet::new(
+        vec![
+            ("dgx".into(), ep(dgx.url())),
+            ("rack".into(), ep(rack.url())),
+        ],
+        config,
+    );
+    let first = fleet.poll_cycle(Instant::now()).await;
+    assert_eq!(first.pending, ["dgx"], "{first:?}");
+    let rack_first = &first.outcomes[0];
+    assert_eq!(rack_first.name, "rack");
+    assert!(!rack_first.result.as_ref().unwrap().light);
+
+    // Cycles go on while the DGX's first full poll runs in the background; then it is read light.
+    let mut light_polls = 0;
+    let mut full_reads_of_logs = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = fleet.poll_cycle(Instant::now()).await;
+        let rack = r.outcomes.iter().find(|o| o.name == "rack").unwrap();
+        assert!(
+            !rack.result.as_ref().unwrap().light,
+            "a fast BMC stays on full polls"
+        );
+        if let Some(o) = r.outcomes.iter().find(|o| o.name == "dgx") {
+            let sample = o.result.as_ref().unwrap();
+            assert!(sample.light);
+            assert!(o.elapsed < Duration::from_millis(1500), "{:?}", o.elapsed);
+            assert!(
+                summary(sample).consumed_watts.is_some(),
+                "readings in every light poll"
+            );
+            light_polls += 1;
+        }
+        full_reads_of_logs = paths
+            .lock()
+            .unwrap()
+            .get("/redfish/v1/Managers/BMC/LogServices")
+            .copied()
+            .unwrap_or(0);
+        if light_polls >= 6 && full_reads_of_logs >= 2 {
+            break;
+        }
+    }
+    assert!(light_polls >= 6, "{light_polls} light polls");
+    // Logs and inventory are read again by the periodic full poll in the background.
+    assert!(full_reads_of_logs >= 2, "{full_reads_of_logs}");
+    fleet.logout().await;
+}
