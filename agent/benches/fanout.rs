@@ -2,7 +2,7 @@
 //!
 //! Starts N simulated BMCs on loopback (the DMTF rack-mount tree; a share serving the NVIDIA
 //! DGX H100 capture), every request answered after the given latency, and runs the collector's
-//! poll cycles over all of them with a 55 s per-BMC deadline, back to back: the first logs in
+//! poll cycles over all of them with a 55 s per-BMC deadline, one every 60 s: the first logs in
 //! and reads every tree whole (a slow BMC's full poll goes on in the background past its
 //! cycle: "pending"), until every BMC has answered, then two steady-state cycles (light polls
 //! of slow BMCs, see `poller`). Prints per cycle the wall time, successes, full/light polls,
@@ -137,6 +137,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Cycle 1 logs in to every BMC's SessionService and reads each tree whole; then cycles
     // until every BMC has answered once, then two steady-state cycles.
     let max_cycles = arg("--max-cycles", 12);
+    // Cycles start every 60 s, as a collector's would (a cycle that ends early waits).
+    let every = Duration::from_secs(arg("--cycle-seconds", 60));
     let mut steady = 0;
     for cycle in 1..=max_cycles {
         if steady == 2 {
@@ -214,6 +216,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Err(e) = &o.result {
                 println!("    e.g. {}: {e}", o.name);
             }
+        }
+        if steady < 2 {
+            tokio::time::sleep(every.saturating_sub(start.elapsed())).await;
         }
     }
     fleet.logout().await;

@@ -60,6 +60,10 @@ enum Command {
         /// Per-request timeout, seconds.
         #[arg(long, default_value_t = 30)]
         timeout_seconds: u64,
+        /// A slow BMC (full poll over a quarter of the deadline) is polled light, with a full
+        /// poll (inventory, event logs) every this many polls.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        full_every: u32,
     },
     /// Read telemetry once and print it (no cluster needed).
     Collect {
@@ -127,11 +131,13 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             concurrency,
             deadline_seconds,
             timeout_seconds,
+            full_every,
         } => {
             let timeout = Duration::from_secs(timeout_seconds);
             let config = sovereign_agent::poller::PollConfig {
                 concurrency,
                 deadline: Duration::from_secs(deadline_seconds),
+                full_every,
                 ..sovereign_agent::poller::PollConfig::default()
             };
             let (fleet, discovery) = match targets {

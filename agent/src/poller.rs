@@ -406,7 +406,7 @@ impl Default for PollConfig {
             deadline: Duration::from_secs(55),
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_mins(30),
-            // Every 2 minutes at the default 15 s interval.
+            // Every 8 minutes at the collector's default 60 s interval.
             full_every: 8,
             inventory_deadline: Duration::from_mins(10),
         }
