@@ -597,6 +597,11 @@ impl Fleet {
                     }
                 }
                 Err(e) => {
+                    // A light poll that read nothing may be reading a tree that is gone (new
+                    // firmware, other URIs): the next poll brings a full one in the background.
+                    if member.light {
+                        member.light_polls = self.config.full_every;
+                    }
                     member
                         .backoff
                         .on_failure(e.class(), Instant::now(), member.hint.take());
