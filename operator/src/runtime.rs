@@ -583,6 +583,7 @@ pub async fn run(
         written: Arc::default(),
         written_racks: Arc::default(),
         written_sites: Arc::default(),
+        written_workloads: Arc::default(),
         applied_tenants: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),

@@ -390,14 +390,15 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
         .collect();
     let (cs, transitions) = merge(&stored.conditions, &desired, c.metadata.generation);
     status.conditions = cs;
-    if status != stored {
-        write_status(
+    if status != stored
+        && write_status(
             ctx,
             c,
             &serde_json::to_value(&status).map_err(Error::Json)?,
             None,
         )
-        .await?;
+        .await?
+    {
         super::hardware::publish(ctx, &c.object_ref(&()), &transitions).await;
     }
     Ok(if retry_soon {

@@ -196,6 +196,8 @@ pub struct Context {
     pub written: Arc<WrittenStatus<sovereign_crds::ServerStatus>>,
     pub written_racks: Arc<WrittenStatus<sovereign_crds::RackStatus>>,
     pub written_sites: Arc<WrittenStatus<sovereign_crds::SiteStatus>>,
+    /// Digests of StorageVolume and ComputeInstance statuses written, as above.
+    pub written_workloads: Arc<WrittenStatus<u64>>,
     /// Tenants whose namespaced objects are applied for their current spec.
     pub applied_tenants: Arc<tenants::AppliedTenants>,
 }

@@ -339,14 +339,15 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
         .collect();
     let (c, transitions) = merge(&stored.conditions, &desired, v.metadata.generation);
     status.conditions = c;
-    if status != stored {
-        write_status(
+    if status != stored
+        && write_status(
             ctx,
             v,
             &serde_json::to_value(&status).map_err(Error::Json)?,
             None,
         )
-        .await?;
+        .await?
+    {
         super::hardware::publish(ctx, &v.object_ref(&()), &transitions).await;
     }
     Ok(if retry_soon {
