@@ -584,6 +584,7 @@ pub async fn run(
         written_racks: Arc::default(),
         written_sites: Arc::default(),
         written_workloads: Arc::default(),
+        rack_writes: Arc::default(),
         applied_tenants: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),

@@ -213,7 +213,16 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
         .collect();
     let version = rack.metadata.resource_version.clone();
     let rack = with_written(rack, &ctx.written_racks, |r| &mut r.status);
-    let decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
+    let mut decided = rollup::rack(&rack, &members, &ctx.policy, &Time(Timestamp::now()));
+    // In a burst of placements the servers' allocations change one after another: the rack's
+    // sum is written at most once per `allocation_every` (it was ~17 writes a second).
+    let mut wait = None;
+    if decided.write == Some(rollup::ALLOCATION_CHANGED)
+        && let Some(left) = ctx.rack_writes.too_soon(&name, ctx.policy.allocation_every)
+    {
+        decided.write = None;
+        wait = Some(left);
+    }
     let status = decided.status.clone();
     ctx.metrics.rack(
         &name,
@@ -234,8 +243,9 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
     .await?;
     if decided.write.is_some() && ctx.leader.is_leader() {
         ctx.written_racks.record(&name, version.as_deref(), &status);
+        ctx.rack_writes.wrote(&name);
     }
-    Ok(action)
+    Ok(wait.map_or(action, Action::requeue))
 }
 
 /// `obj` with the status this process last wrote when its store has not shown that write yet.

@@ -198,6 +198,8 @@ pub struct Context {
     pub written_sites: Arc<WrittenStatus<sovereign_crds::SiteStatus>>,
     /// Digests of StorageVolume and ComputeInstance statuses written, as above.
     pub written_workloads: Arc<WrittenStatus<u64>>,
+    /// When each rack's status was last written by this process.
+    pub rack_writes: Arc<LastWrites>,
     /// Tenants whose namespaced objects are applied for their current spec.
     pub applied_tenants: Arc<tenants::AppliedTenants>,
 }
@@ -245,6 +247,29 @@ impl<S: Clone> WrittenStatus<S> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(name.to_owned(), (before.to_owned(), status.clone()));
         }
+    }
+}
+
+/// When objects were last written (in memory: after a restart the first change is written).
+#[derive(Debug, Default)]
+pub struct LastWrites(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl LastWrites {
+    /// How long until `every` has passed since `name` was last written; None when it has.
+    pub fn too_soon(&self, name: &str, every: std::time::Duration) -> Option<std::time::Duration> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = map.get(name)?.elapsed();
+        (since < every).then(|| every - since)
+    }
+
+    pub fn wrote(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), std::time::Instant::now());
     }
 }
 

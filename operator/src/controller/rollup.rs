@@ -162,6 +162,10 @@ fn moved_f64(old: Option<f64>, new: Option<f64>, delta: f64) -> bool {
     }
 }
 
+/// Why a rack is written when only what its servers hold changed: throttled by the caller
+/// (`StatusPolicy::allocation_every`), as each server's own allocation is.
+pub const ALLOCATION_CHANGED: &str = "allocation changed";
+
 /// The status of `rack` from its servers (those whose `spec.rack` names it).
 pub fn rack(
     rack: &Rack,
@@ -188,10 +192,7 @@ pub fn rack(
         Some("first status")
     } else if !transitions.is_empty() {
         Some("condition changed")
-    } else if status.servers != stored.servers
-        || status.capacity != stored.capacity
-        || status.allocated != stored.allocated
-    {
+    } else if status.servers != stored.servers || status.capacity != stored.capacity {
         Some("servers changed")
     } else if moved_u32(stored.power_watts, status.power_watts, policy) {
         Some("power moved")
@@ -201,6 +202,8 @@ pub fn rack(
         policy.temperature_delta,
     ) {
         Some("temperature moved")
+    } else if status.allocated != stored.allocated {
+        Some(ALLOCATION_CHANGED)
     } else {
         None
     };
@@ -427,6 +430,41 @@ mod tests {
             again.write, None,
             "2000 W → 2050 W is within max(5 %, 20 W) = 100 W"
         );
+    }
+
+    #[test]
+    fn an_allocation_change_alone_is_its_own_reason_and_a_power_move_wins() {
+        let a = server(900, 24.0, true);
+        let mut stored = rack_obj(5_000);
+        stored.status = Some(rack(&stored, &[&a], &StatusPolicy::default(), &now()).status);
+        let mut busy = a.clone();
+        if let Some(st) = busy.status.as_mut() {
+            st.allocated = Some(sovereign_crds::ResourceSet {
+                cpu: Some(sovereign_crds::Quantity("4".into())),
+                ..Default::default()
+            });
+        }
+        let r = rack(&stored, &[&busy], &StatusPolicy::default(), &now());
+        assert_eq!(r.write, Some(ALLOCATION_CHANGED));
+        let mut hot = busy.clone();
+        if let Some(p) = hot.status.as_mut().and_then(|s| s.power.as_mut()) {
+            p.consumed_watts = Some(1_500);
+        }
+        let r = rack(&stored, &[&hot], &StatusPolicy::default(), &now());
+        assert_eq!(r.write, Some("power moved"));
+    }
+
+    #[test]
+    fn last_writes_say_how_long_to_wait() {
+        let w = super::super::LastWrites::default();
+        let minute = std::time::Duration::from_mins(1);
+        assert_eq!(w.too_soon("r1", minute), None, "never written: write now");
+        w.wrote("r1");
+        assert!(
+            w.too_soon("r1", minute)
+                .is_some_and(|left| left > std::time::Duration::from_secs(50))
+        );
+        assert_eq!(w.too_soon("r1", std::time::Duration::ZERO), None);
     }
 
     #[test]
