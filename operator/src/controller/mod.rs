@@ -262,7 +262,7 @@ impl LastWrites {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let since = map.get(name)?.elapsed();
-        (since < every).then(|| every - since)
+        every.checked_sub(since).filter(|left| !left.is_zero())
     }
 
     pub fn wrote(&self, name: &str) {
