@@ -123,6 +123,40 @@ pub fn service_root(tree: &Path) -> PathBuf {
     }
 }
 
+/// `../shared/redfish-mockups`, beside this repository.
+pub fn mockups() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
+}
+
+/// Every tree there with a service root, as `group/name` (dmtf/*, vendor/*, variants/*), sorted.
+pub fn trees() -> Vec<String> {
+    let mut out = Vec::new();
+    for group in ["dmtf", "vendor", "variants"] {
+        let Ok(dir) = std::fs::read_dir(mockups().join(group)) else {
+            continue;
+        };
+        for e in dir.filter_map(Result::ok) {
+            if service_root(&e.path()).join("index.json").is_file() {
+                out.push(format!("{group}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The endpoint of a simulated BMC at `address`, with the credentials it accepts by default.
+pub fn endpoint(address: String) -> crate::redfish::Endpoint {
+    crate::redfish::Endpoint {
+        address,
+        username: "root".into(),
+        password: "calvin".into(),
+        ca_bundle_pem: None,
+        insecure_skip_verify: false,
+        timeout: Duration::from_secs(10),
+    }
+}
+
 fn open_sessions(bmc: &MockBmc) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
     bmc.sessions
         .lock()

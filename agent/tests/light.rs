@@ -10,44 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sovereign_agent::convert;
-use sovereign_agent::mockbmc::{self, MockBmc};
-use sovereign_agent::redfish::{self, BmcSample, Endpoint, HttpRedfish};
+use sovereign_agent::mockbmc::{self, MockBmc, endpoint, mockups, trees};
+use sovereign_agent::redfish::{self, BmcSample, HttpRedfish};
 use sovereign_agent::transport::RetryHint;
 use sovereign_telemetry_api::proto::{BmcSummary, sample::Body};
 
-fn mockups() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
-}
-
-fn trees() -> Vec<String> {
-    let mut out = Vec::new();
-    for group in ["dmtf", "vendor", "variants"] {
-        for e in std::fs::read_dir(mockups().join(group))
-            .unwrap()
-            .filter_map(Result::ok)
-        {
-            if mockbmc::service_root(&e.path())
-                .join("index.json")
-                .is_file()
-            {
-                out.push(format!("{group}/{}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 async fn start(m: MockBmc) -> (mockbmc::Running, Arc<HttpRedfish>, RetryHint) {
     let bmc = mockbmc::start(m).await.unwrap();
-    let ep = Endpoint {
-        address: bmc.url(),
-        username: "root".into(),
-        password: "calvin".into(),
-        ca_bundle_pem: None,
-        insecure_skip_verify: false,
-        timeout: Duration::from_secs(10),
-    };
+    let ep = endpoint(bmc.url());
     let hint = RetryHint::default();
     let client = Arc::new(redfish::connect_hinted(&ep, &hint).unwrap());
     (bmc, client, hint)
@@ -243,14 +213,7 @@ async fn a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background() {
     let rack = mockbmc::start(MockBmc::new(mockups().join("dmtf/public-rackmount1")))
         .await
         .unwrap();
-    let ep = |address: String| Endpoint {
-        address,
-        username: "root".into(),
-        password: "calvin".into(),
-        ca_bundle_pem: None,
-        insecure_skip_verify: false,
-        timeout: Duration::from_secs(10),
-    };
+    let ep = endpoint;
     let config = PollConfig {
         deadline: Duration::from_millis(1500),
         full_every: 3,

@@ -7,29 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sovereign_agent::mockbmc::{self, MockBmc};
+use sovereign_agent::mockbmc::{self, MockBmc, endpoint, mockups};
 use sovereign_agent::redfish::{self, BmcSample, Endpoint, Health};
-
-fn mockups() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
-}
 
 /// Every tree with a service root: dmtf/*, vendor/*, variants/*.
 pub fn trees() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for group in ["dmtf", "vendor", "variants"] {
-        let Ok(dir) = std::fs::read_dir(mockups().join(group)) else {
-            continue;
-        };
-        for e in dir.filter_map(Result::ok) {
-            let p = e.path();
-            if mockbmc::service_root(&p).join("index.json").is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    mockbmc::trees().iter().map(|t| mockups().join(t)).collect()
 }
 
 async fn read(tree: &Path) -> Result<BmcSample, redfish::RedfishError> {
@@ -39,14 +22,7 @@ async fn read(tree: &Path) -> Result<BmcSample, redfish::RedfishError> {
 /// Collects once from `m`, served on loopback.
 async fn read_from(m: MockBmc) -> Result<BmcSample, redfish::RedfishError> {
     let bmc = mockbmc::start(m).await.unwrap();
-    let ep = Endpoint {
-        address: bmc.url(),
-        username: "root".into(),
-        password: "calvin".into(),
-        ca_bundle_pem: None,
-        insecure_skip_verify: false,
-        timeout: Duration::from_secs(10),
-    };
+    let ep = endpoint(bmc.url());
     let hint = sovereign_agent::transport::RetryHint::default();
     let client = redfish::connect_hinted(&ep, &hint).unwrap();
     redfish::collect(Arc::new(client)).await.map(|mut s| {

@@ -5,48 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sovereign_agent::convert;
-use sovereign_agent::mockbmc::{self, MockBmc};
-use sovereign_agent::redfish::{self, Endpoint};
+use sovereign_agent::mockbmc::{self, MockBmc, endpoint, mockups, trees};
+use sovereign_agent::redfish;
 use sovereign_telemetry_api::proto::{BmcSummary, Health, sample::Body};
-
-fn mockups() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
-}
-
-fn trees() -> Vec<String> {
-    let mut out = Vec::new();
-    for group in ["dmtf", "vendor", "variants"] {
-        let Ok(dir) = std::fs::read_dir(mockups().join(group)) else {
-            continue;
-        };
-        for e in dir.filter_map(Result::ok) {
-            if mockbmc::service_root(&e.path())
-                .join("index.json")
-                .is_file()
-            {
-                out.push(format!("{group}/{}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn endpoint(address: String) -> Endpoint {
-    Endpoint {
-        address,
-        username: "root".into(),
-        password: "calvin".into(),
-        ca_bundle_pem: None,
-        insecure_skip_verify: false,
-        timeout: Duration::from_secs(10),
-    }
-}
 
 async fn summary(tree: &str) -> BmcSummary {
     let bmc = mockbmc::start(MockBmc::new(mockups().join(tree)))
