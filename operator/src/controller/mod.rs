@@ -250,6 +250,24 @@ impl<S: Clone> WrittenStatus<S> {
     }
 }
 
+/// A namespaced object the controllers read and write through the API (workloads, tenants'
+/// children).
+pub trait Namespaced:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// When objects were last written (in memory: after a restart the first change is written).
 #[derive(Debug, Default)]
 pub struct LastWrites(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);

@@ -70,10 +70,7 @@ pub(super) async fn count<K, S>(
     children: &str,
 ) -> Result<Counted, Error>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::Namespaced,
     S: ScaledStatus,
 {
     let replica_states: Vec<ReplicaState> = stored.replicas().iter().map(S::state).collect();
@@ -123,10 +120,7 @@ pub(super) async fn finish_release<K, S>(
     children: &str,
 ) -> Result<kube::runtime::controller::Action, Error>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::Namespaced,
     S: ScaledStatus,
 {
     release(ctx, w, keep)?;

@@ -63,10 +63,7 @@ async fn apply(ctx: &Context, obj: &Value) -> Result<(), Error> {
 /// Deletes an object the operator owns; absent is fine.
 async fn delete_owned<K>(ctx: &Context, ns: &str, name: &str) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::Namespaced,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     match api.delete(name, &DeleteParams::default()).await {

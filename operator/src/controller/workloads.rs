@@ -52,10 +52,7 @@ pub(super) async fn write_status<K>(
     resource_version: Option<&str>,
 ) -> Result<bool, Error>
 where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: super::Namespaced,
 {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
