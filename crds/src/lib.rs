@@ -174,13 +174,28 @@ pub fn chart_crd_dir() -> PathBuf {
     crd_dir().join("../charts/sovereign/crds")
 }
 
-/// Where the admission policies are generated: beside the CRDs, and into the chart's
-/// templates (plain YAML, no templating).
-pub fn admission_files() -> [PathBuf; 2] {
-    [
-        crd_dir().join("admission/policies.yaml"),
-        crd_dir().join("../charts/sovereign/templates/admission-policies.yaml"),
-    ]
+/// The admission policies, generated beside the CRDs and into the chart's templates: each
+/// file and what it holds.
+pub fn admission_files() -> Result<Vec<(PathBuf, String)>, serde_yaml_ng::Error> {
+    let validating = admission::render()?;
+    Ok(vec![
+        (
+            crd_dir().join("admission/policies.yaml"),
+            validating.clone(),
+        ),
+        (
+            crd_dir().join("../charts/sovereign/templates/admission-policies.yaml"),
+            validating,
+        ),
+        (
+            crd_dir().join("admission/mutating.yaml"),
+            admission::render_mutating(false)?,
+        ),
+        (
+            crd_dir().join("../charts/sovereign/templates/admission-mutating.yaml"),
+            admission::render_mutating(true)?,
+        ),
+    ])
 }
 
 /// Every directory the CRD YAML is generated into.

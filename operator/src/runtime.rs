@@ -17,7 +17,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
 use sovereign_telemetry::cluster::{Watched, mirror_trimmed, shared_mirror};
 use sovereign_telemetry::hub::Hub;
@@ -151,15 +151,26 @@ fn on_leadership(rx: Option<watch::Receiver<bool>>) -> impl Stream<Item = ()> + 
     })
 }
 
-/// Node store without status and managed fields (only taints are read).
+/// Node store holding only what the taint writer reads: name, resourceVersion (its write
+/// precondition) and taints. A Node's labels, annotations and status are kilobytes; 5,000 of
+/// them were the largest store after the workloads.
 fn node_store(client: &kube::Client) -> Store<Node> {
     mirror_trimmed(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
         "Node",
         |n: &mut Node| {
+            let meta = std::mem::take(&mut n.metadata);
+            n.metadata = kube::api::ObjectMeta {
+                name: meta.name,
+                resource_version: meta.resource_version,
+                ..kube::api::ObjectMeta::default()
+            };
+            n.spec = n.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec {
+                taints: s.taints,
+                ..Default::default()
+            });
             n.status = None;
-            n.metadata.managed_fields = None;
         },
     )
 }
@@ -181,7 +192,6 @@ fn quota_changes(
     client: &kube::Client,
     owned: watcher::Config,
 ) -> impl Stream<Item = Result<ResourceQuota, watcher::Error>> + Send + 'static {
-    use kube::runtime::WatchStreamExt as _;
     let mut last = std::collections::HashMap::new();
     watcher(Api::<ResourceQuota>::all(client.clone()), owned)
         .default_backoff()
@@ -300,9 +310,9 @@ where
 
 /// A workload controller (StorageVolume or ComputeInstance): its own events, the children it
 /// owns, a Server replicas must leave, and a Tenant whose policy changed.
-fn workload_controller<K, Child>(
+fn workload_controller<K>(
     (store, events): (Store<K>, ReflectHandle<K>),
-    children: Api<Child>,
+    children: impl FnOnce(Controller<K>) -> Controller<K>,
     (servers, server_events): (Store<Server>, ReflectHandle<Server>),
     (namespaces, tenant_events): (Store<Namespace>, ReflectHandle<Tenant>),
     config: kube::runtime::controller::Config,
@@ -318,19 +328,11 @@ where
         + Send
         + Sync
         + 'static,
-    Child: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
 {
     let on_servers = store.clone();
     let on_tenants = store.clone();
     let policy = PolicyChanges::default();
-    Controller::for_shared_stream(events, store)
-        .with_config(config)
-        .owns(children, owned_objects())
+    children(Controller::for_shared_stream(events, store).with_config(config))
         .watches_shared_stream(server_events, move |s: Arc<Server>| {
             on_server(&on_servers, &servers, &s)
         })
@@ -569,6 +571,7 @@ pub async fn run(
         volumes: volumes.clone(),
         instances: instances.clone(),
         tenants: tenants_store,
+        pods: Arc::default(),
         ledger: Arc::new(Ledger::new(LedgerOptions {
             stale_after_seconds: options
                 .policy
@@ -663,7 +666,12 @@ pub async fn run(
 
     let volume_controller = workload_controller(
         (volumes.clone(), volume_events),
-        Api::<PersistentVolumeClaim>::all(client.clone()),
+        |c| {
+            c.owns(
+                Api::<PersistentVolumeClaim>::all(client.clone()),
+                owned_objects(),
+            )
+        },
         (ctx.servers.clone(), servers_to_volumes),
         (ctx.namespaces.clone(), tenants_to_volumes),
         config.clone(),
@@ -678,7 +686,13 @@ pub async fn run(
     .for_each(|_| async {});
     let instance_controller = workload_controller(
         (instances.clone(), instance_events),
-        Api::<Pod>::all(client.clone()),
+        // The Pod watch wakes an instance when one of its Pods changes and keeps the index
+        // the instance controller reads Pods from (instead of a GET per replica).
+        |c| {
+            c.owns_stream(ctx.pods.clone().follow(
+                watcher(Api::<Pod>::all(client.clone()), owned_objects()).default_backoff(),
+            ))
+        },
         (ctx.servers.clone(), servers_to_instances),
         (ctx.namespaces.clone(), tenants_to_instances),
         config,

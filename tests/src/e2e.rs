@@ -144,7 +144,10 @@ impl Cluster {
 
     /// Server-side applies the admission policies and bindings (idempotent).
     pub async fn install_admission(&self) {
-        for obj in sovereign_crds::admission::policies() {
+        let policies = sovereign_crds::admission::policies()
+            .into_iter()
+            .chain(sovereign_crds::admission::mutating_policies());
+        for obj in policies {
             let kind = obj["kind"].as_str().unwrap_or_default();
             let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
             let lower = kind.to_ascii_lowercase();
@@ -421,7 +424,13 @@ pub fn spawn_operator(
         binary,
         name,
         &args,
-        &[("KUBECONFIG", kubeconfig.as_ref()), ("RUST_LOG", rust_log)],
+        &[
+            ("KUBECONFIG", kubeconfig.as_ref()),
+            ("RUST_LOG", rust_log),
+            // As the image and the chart run it (benches measure what is shipped).
+            ("MALLOC_ARENA_MAX", "2"),
+            ("MALLOC_MMAP_THRESHOLD_", "131072"),
+        ],
     )
 }
 
@@ -626,6 +635,11 @@ impl ChildGuard {
             .stderr(Stdio::from(err));
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        // Profiling a spawned binary alone (not the test or bench around it), e.g. heaptrack's
+        // preload library with DUMP_HEAPTRACK_OUTPUT set: see docs/operations.md.
+        if let Ok(preload) = std::env::var("SOVEREIGN_CHILD_PRELOAD") {
+            cmd.env("LD_PRELOAD", preload);
         }
         let child = cmd
             .spawn()

@@ -40,14 +40,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    let policies = match sovereign_crds::admission::render() {
-        Ok(p) => p,
+    let files = match sovereign_crds::admission_files() {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("crdgen: admission policies: {e}");
             return ExitCode::FAILURE;
         }
     };
-    for path in sovereign_crds::admission_files() {
+    for (path, policies) in files {
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(policies.as_str()) {
                 eprintln!(

@@ -130,22 +130,18 @@ pub fn persistent_volume_claim(v: &StorageVolume, tenant: &str, index: u8, serve
     })
 }
 
-/// The Pod of one replica, bound to its node (Sovereign is the placer: no scheduler involved).
 /// Whether a Pod runs what the instance asks for now (image, command, args of its container);
 /// resources are immutable on the instance. A Pod that does not is replaced.
-pub fn runs_current_template(c: &ComputeInstance, pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    let Some(main) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|k| k.name == "main"))
-    else {
-        return false;
-    };
-    main.image.as_deref() == Some(c.spec.image.as_str())
-        && main.command.clone().unwrap_or_default() == c.spec.command
-        && main.args.clone().unwrap_or_default() == c.spec.args
+pub fn runs_current_template(c: &ComputeInstance, pod: &super::pods::PodBrief) -> bool {
+    pod.template
+        == Some(super::pods::template(
+            &c.spec.image,
+            &c.spec.command,
+            &c.spec.args,
+        ))
 }
 
+/// The Pod of one replica, bound to its node (Sovereign is the placer: no scheduler involved).
 pub fn pod(c: &ComputeInstance, tenant: &str, index: u8, node: &str) -> Value {
     let ns = c.metadata.namespace.as_deref().unwrap_or_default();
     let name = c.metadata.name.as_deref().unwrap_or_default();

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod materialise;
 pub mod metrics;
 pub mod moves;
+pub mod pods;
 pub mod rollup;
 mod scale;
 pub mod server_status;
@@ -77,6 +78,8 @@ pub enum Error {
     Ledger(String),
     #[error("serialising status: {0}")]
     Json(#[source] serde_json::Error),
+    #[error("the Pod watch has not listed Pods yet (RBAC to list and watch Pods?)")]
+    PodsNotListed,
 }
 
 impl Error {
@@ -96,6 +99,7 @@ impl Error {
             },
             Self::Ledger(_) => "LedgerUnavailable",
             Self::Json(_) => "InternalError",
+            Self::PodsNotListed => "PodsNotListed",
         }
     }
 
@@ -115,6 +119,7 @@ impl Error {
             },
             Self::Ledger(_) => "ledger",
             Self::Json(_) => "internal",
+            Self::PodsNotListed => "pods_not_listed",
         }
     }
 
@@ -186,6 +191,8 @@ pub struct Context {
     pub volumes: Store<sovereign_crds::StorageVolume>,
     pub instances: Store<sovereign_crds::ComputeInstance>,
     pub tenants: Store<sovereign_crds::Tenant>,
+    /// The instance controller's Pods (from its Pod watch).
+    pub pods: Arc<pods::PodIndex>,
     pub ledger: Arc<ledger::Ledger>,
     pub moves: Arc<moves::MoveLimiter>,
     pub recorder: Recorder,

@@ -227,13 +227,14 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
             announce_move(ctx, v, &p, &from, &reason).await;
             return Ok(Action::await_change());
         }
+        // A held move is tried again soon: the budget refills, a compliant server may free up.
         Some(Move::Held(d)) => degraded = d,
         None => {}
     }
 
     // A changed replica count: new replicas are written before anything exists for them; extra
     // ones are marked Releasing before their children go.
-    let mut retry_soon = false;
+    let mut retry_soon = degraded.is_true();
     if !degraded.is_true() {
         let new_replica = |p: &Placement| replica(v, p, ReplicaState::Placed);
         let workload = Workload::Volume(v);
@@ -353,7 +354,8 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
     Ok(if retry_soon {
         Action::requeue(RETRY_REFUSED)
     } else if all {
-        Action::requeue(Duration::from_mins(10))
+        // Steady: changes arrive as events (see compute.rs); no per-volume timer.
+        Action::await_change()
     } else {
         // The PVC turning Bound wakes us (owned objects are watched); this is the fallback.
         Action::requeue(Duration::from_secs(30))

@@ -22,7 +22,7 @@ use super::{Context, Error};
 use crate::FIELD_MANAGER;
 
 /// Finalizer that releases a workload's capacity and children.
-pub const FINALIZER: &str = "sovereign.io/release";
+pub const FINALIZER: &str = sovereign_crds::admission::RELEASE_FINALIZER;
 
 /// How soon a refused workload is tried again (inventory changes also wake it).
 pub(super) const RETRY_REFUSED: Duration = Duration::from_secs(15);
