@@ -282,6 +282,31 @@ fn tenant_controller(
         .reconcile_all_on(on_leadership(lease_rx))
 }
 
+/// A controller woken by its kind's shared watch through bare references (name, namespace).
+/// kube-runtime's own trigger queues each object with its version, uid and an erased copy of
+/// its type (a dozen strings, twice: queue and index): a burst of 20,000 new workloads held
+/// 20,000 of those while they waited for a reconcile (the queue dedups by name either way).
+fn lean<K>(events: ReflectHandle<K>, store: Store<K>) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::for_shared_stream(futures::stream::pending::<Arc<K>>(), store).reconcile_on(
+        events.map(|k| {
+            let r = ObjectRef::new(k.meta().name.as_deref().unwrap_or_default());
+            match k.meta().namespace.as_deref() {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        }),
+    )
+}
+
 /// Workloads with a replica on a server (to re-place them when it fails).
 fn on_server<K>(store: &Store<K>, servers: &Store<Server>, server: &Server) -> Vec<ObjectRef<K>>
 where
@@ -332,7 +357,7 @@ where
     let on_servers = store.clone();
     let on_tenants = store.clone();
     let policy = PolicyChanges::default();
-    children(Controller::for_shared_stream(events, store).with_config(config))
+    children(lean(events, store).with_config(config))
         .watches_shared_stream(server_events, move |s: Arc<Server>| {
             on_server(&on_servers, &servers, &s)
         })
@@ -600,7 +625,7 @@ pub async fn run(
     let config = kube::runtime::controller::Config::default()
         .debounce(Duration::from_millis(50))
         .concurrency(options.reconcile_concurrency);
-    let server_controller = Controller::for_shared_stream(server_events, servers.clone())
+    let server_controller = lean(server_events, servers.clone())
         .with_config(config.clone())
         .reconcile_on(hub_triggers(&hub, servers.clone()))
         .reconcile_all_on(on_leadership(lease_rx.clone()))
