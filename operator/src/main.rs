@@ -91,6 +91,12 @@ enum Command {
         /// intervals).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         stale_after_seconds: Option<u64>,
+        /// How often a changed allocation (what the ledger placed on a server, and its rack's
+        /// and site's sums) is rewritten into their status; placement reads the ledger, never
+        /// these figures. Other changes (health, power, capacity, conditions) are written at
+        /// once.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        allocation_refresh_seconds: u64,
         /// Replica moves off unschedulable servers per site and minute.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         moves_per_minute: u32,
@@ -252,6 +258,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             identity,
             lease_duration_seconds,
             stale_after_seconds,
+            allocation_refresh_seconds,
             moves_per_minute,
             reconcile_concurrency,
             log_format: _,
@@ -302,6 +309,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 lease,
                 policy: StatusPolicy {
                     stale_after: stale_after_seconds.map(Duration::from_secs),
+                    allocation_every: Duration::from_secs(allocation_refresh_seconds),
                     ..StatusPolicy::default()
                 },
                 moves_per_minute,

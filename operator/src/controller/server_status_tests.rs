@@ -298,13 +298,14 @@ fn no_telemetry_at_all_is_unschedulable_with_a_reason() {
 }
 
 #[test]
-fn a_new_allocation_is_written_a_minute_after_the_stored_reading_and_an_unknown_one_kept() {
+fn a_new_allocation_is_written_allocation_every_after_the_stored_reading_and_an_unknown_one_kept() {
+    let every = i64::try_from(policy().allocation_every.as_millis()).unwrap();
     let stored = settled(&bmc(T0, 500.0, 24.0, "Normal"));
     let alloc = ResourceSet {
         cpu: Some(Quantity::new("8")),
         ..ResourceSet::default()
     };
-    let soon = bmc(T0 + 15_000, 500.0, 24.0, "Normal");
+    let soon = bmc(T0 + every / 4, 500.0, 24.0, "Normal");
     let held = decide(
         &server(Some(stored.clone())),
         Observed {
@@ -312,11 +313,11 @@ fn a_new_allocation_is_written_a_minute_after_the_stored_reading_and_an_unknown_
             allocated: Some(Some(alloc.clone())),
             ..Observed::default()
         },
-        now(T0 + 15_000),
+        now(T0 + every / 4),
         &policy(),
     );
-    assert_eq!(held.write, None, "held within the minute");
-    let later = bmc(T0 + 60_000, 500.0, 24.0, "Normal");
+    assert_eq!(held.write, None, "held within allocation_every");
+    let later = bmc(T0 + every, 500.0, 24.0, "Normal");
     let d = decide(
         &server(Some(stored.clone())),
         Observed {
@@ -324,7 +325,7 @@ fn a_new_allocation_is_written_a_minute_after_the_stored_reading_and_an_unknown_
             allocated: Some(Some(alloc.clone())),
             ..Observed::default()
         },
-        now(T0 + 60_000),
+        now(T0 + every),
         &policy(),
     );
     assert_eq!(d.write, Some("allocation changed"));
@@ -332,7 +333,7 @@ fn a_new_allocation_is_written_a_minute_after_the_stored_reading_and_an_unknown_
     let kept = decide(
         &server(Some(d.status.clone())),
         Observed::default(),
-        now(T0 + 61_000),
+        now(T0 + every + 1_000),
         &policy(),
     );
     assert_eq!(
