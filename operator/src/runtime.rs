@@ -613,6 +613,7 @@ pub async fn run(
         written_sites: Arc::default(),
         written_workloads: Arc::default(),
         rack_writes: Arc::default(),
+        tenant_writes: Arc::default(),
         applied_tenants: Arc::default(),
         metrics: metrics.clone(),
         policy: options.policy.clone(),

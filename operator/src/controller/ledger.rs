@@ -252,6 +252,9 @@ impl Ledger {
             prune_pending(ctx, state);
             return Ok(());
         }
+        // The old books go before the new ones are built: both at once doubled the ledger's
+        // memory at each rebuild (20,000 workloads: ~10 MB more at the operator's peak).
+        state.placer = None;
         let mut placer = Placer::new(inventory, self.options.strategy);
         let mut recorded = std::collections::HashSet::new();
         let volumes = ctx.volumes.state();

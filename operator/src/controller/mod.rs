@@ -207,6 +207,8 @@ pub struct Context {
     pub written_workloads: Arc<WrittenStatus<u64>>,
     /// When each rack's status was last written by this process.
     pub rack_writes: Arc<LastWrites>,
+    /// When each tenant's status was last written by this process.
+    pub tenant_writes: Arc<LastWrites>,
     /// Tenants whose namespaced objects are applied for their current spec.
     pub applied_tenants: Arc<tenants::AppliedTenants>,
 }

@@ -251,12 +251,17 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
     }
 }
 
+/// How often a Tenant's usage alone is rewritten (condition changes are written at once).
+const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the Tenant's status when it changed; returns its condition transitions and, when a
+/// usage-only change was held back, how long until it may be written.
 async fn write_status(
     ctx: &Context,
     t: &Tenant,
     namespaces: &[(String, NamespacePlan)],
     blocked: Option<&[String]>,
-) -> Result<Vec<conditions::Transition>, Error> {
+) -> Result<(Vec<conditions::Transition>, Option<std::time::Duration>), Error> {
     let name = t.name_any();
     let stored = t.status.clone().unwrap_or_default();
     let mut desired = tenant::conditions(namespaces, blocked);
@@ -281,11 +286,15 @@ async fn write_status(
         usage: used.filter(|u| !u.is_zero()).map(|u| u.to_set()),
         conditions: merged,
     };
-    if status.namespaces == stored.namespaces
-        && status.usage == stored.usage
-        && transitions.is_empty()
-    {
-        return Ok(transitions);
+    if status.namespaces == stored.namespaces && transitions.is_empty() {
+        if status.usage == stored.usage {
+            return Ok((transitions, None));
+        }
+        // Usage alone changes with every placement of the tenant's (a burst rewrote the
+        // Tenant several times a second): written at most every USAGE_EVERY, the rest later.
+        if let Some(left) = ctx.tenant_writes.too_soon(&name, USAGE_EVERY) {
+            return Ok((transitions, Some(left)));
+        }
     }
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let body = json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Tenant", "status": status});
@@ -296,8 +305,9 @@ async fn write_status(
             name: name.clone(),
             source,
         })?;
+    ctx.tenant_writes.wrote(&name);
     ctx.metrics.write("Tenant", "changed");
-    Ok(transitions)
+    Ok((transitions, None))
 }
 
 async fn apply_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
@@ -328,12 +338,14 @@ async fn apply_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
         }
         ctx.applied_tenants.record(&name, t.metadata.generation);
     }
-    let transitions = write_status(ctx, t, &plans, None).await?;
+    let (transitions, usage_due) = write_status(ctx, t, &plans, None).await?;
     super::hardware::publish(ctx, &t.object_ref(&()), &transitions).await;
     for tr in &transitions {
         tracing::info!(tenant = %name, condition = tr.type_, to = ?tr.to, reason = %tr.reason, message = %tr.message, "tenant condition changed");
     }
-    Ok(Action::requeue(std::time::Duration::from_mins(10)))
+    Ok(Action::requeue(
+        usage_due.unwrap_or(std::time::Duration::from_mins(10)),
+    ))
 }
 
 async fn cleanup_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
@@ -357,7 +369,7 @@ async fn cleanup_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
                 .iter()
                 .map(|n| (n.clone(), NamespacePlan::Keep { created: true }))
                 .collect();
-            let transitions = write_status(ctx, t, &plans, Some(&live)).await?;
+            let (transitions, _) = write_status(ctx, t, &plans, Some(&live)).await?;
             super::hardware::publish(ctx, &t.object_ref(&()), &transitions).await;
             return Err(Error::DeletionBlocked(live));
         }
