@@ -598,10 +598,7 @@ pub async fn run(
         tenants: tenants_store,
         pods: Arc::default(),
         ledger: Arc::new(Ledger::new(LedgerOptions {
-            stale_after_seconds: options
-                .policy
-                .stale_after
-                .map_or(300, |d| i64::try_from(d.as_secs()).unwrap_or(300)),
+            stale_after_seconds: options.policy.ledger_stale_after_seconds(),
             ..LedgerOptions::default()
         })),
         moves: Arc::new(crate::controller::moves::MoveLimiter::new(

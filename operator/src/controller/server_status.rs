@@ -77,6 +77,18 @@ impl StatusPolicy {
         })
     }
 
+    /// How old a Server's stored `lastSeen` may be before the ledger counts the server stale.
+    /// `lastSeen` moves only with a status write — at the latest the server's heartbeat (up to
+    /// six fifths of `heartbeat`) — while live staleness reaches the ledger sooner, through the
+    /// TelemetryFresh and Ready conditions this controller writes at once. A window shorter
+    /// than the heartbeat made every server with steady telemetry unplaceable for the rest of
+    /// each heartbeat (all of them at once in a bench that waited five minutes).
+    pub fn ledger_stale_after_seconds(&self) -> i64 {
+        let beat_max = self.heartbeat + self.heartbeat / 5;
+        let window = self.stale_after.unwrap_or(Duration::from_mins(5));
+        i64::try_from((beat_max + window).as_secs()).unwrap_or(i64::MAX)
+    }
+
     /// The heartbeat of one server: the policy's plus a spread of up to a fifth of it, fixed by
     /// the name. A fleet whose statuses were written together (a restart) does not beat
     /// together, and steady telemetry stays under one write per server per heartbeat.

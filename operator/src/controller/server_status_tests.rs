@@ -341,3 +341,23 @@ fn a_new_allocation_is_written_allocation_every_after_the_stored_reading_and_an_
         "no ledger yet: the stored allocation stands"
     );
 }
+
+#[test]
+fn the_ledger_trusts_a_stored_reading_for_a_heartbeat_and_the_stale_window() {
+    // The newest heartbeat of any server is at most 6 min old; the ledger's window is longer.
+    let p = policy();
+    let beat_max = (0..50)
+        .map(|i| p.heartbeat_for(&format!("server-{i}")))
+        .max()
+        .unwrap();
+    let window = p.ledger_stale_after_seconds();
+    assert!(
+        u64::try_from(window).unwrap() > beat_max.as_secs(),
+        "{window} s vs heartbeat {beat_max:?}"
+    );
+    let custom = StatusPolicy {
+        stale_after: Some(Duration::from_secs(180)),
+        ..policy()
+    };
+    assert_eq!(custom.ledger_stale_after_seconds(), 360 + 180);
+}
