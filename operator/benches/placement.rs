@@ -323,43 +323,6 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // Fake nodes have no kubelet: once their grace period runs out the node lifecycle
-    // controller marks each one unreachable (a status write and a taint per node, on objects
-    // far larger than a Pod). Measured inside either phase, that wave slowed whichever it fell
-    // into (1.61x to 1.98x between otherwise identical runs); a real cluster's kubelets never
-    // cause it. Both phases start after it.
-    let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
-    let node_prefix = format!("{p}-node-");
-    let settle_deadline = Instant::now() + Duration::from_mins(3);
-    loop {
-        let unsettled = nodes_api
-            .list(&ListParams::default())
-            .await
-            .map_or(nodes, |l| {
-                l.items
-                    .iter()
-                    .filter(|n| {
-                        n.metadata
-                            .name
-                            .as_deref()
-                            .is_some_and(|x| x.starts_with(&node_prefix))
-                    })
-                    .filter(|n| {
-                        !n.spec
-                            .as_ref()
-                            .and_then(|s| s.taints.as_ref())
-                            .is_some_and(|t| {
-                                t.iter().any(|t| t.key == "node.kubernetes.io/unreachable")
-                            })
-                    })
-                    .count()
-            });
-        if unsettled == 0 || Instant::now() > settle_deadline {
-            eprintln!("{unsettled} fake nodes not yet marked unreachable; measuring");
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
     // Let the first-status writes settle.
     tokio::time::sleep(Duration::from_secs(10)).await;
     eprintln!("servers Ready; measuring");
