@@ -356,7 +356,7 @@ fn the_ledger_trusts_a_stored_reading_for_a_heartbeat_and_the_stale_window() {
         "{window} s vs heartbeat {beat_max:?}"
     );
     let custom = StatusPolicy {
-        stale_after: Some(Duration::from_secs(180)),
+        stale_after: Some(Duration::from_mins(3)),
         ..policy()
     };
     assert_eq!(custom.ledger_stale_after_seconds(), 360 + 180);
