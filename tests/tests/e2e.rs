@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 use sovereign_operator::crds::{self, CrdState};
 use sovereign_tests::e2e::cluster;
@@ -86,9 +86,7 @@ async fn crds_and_samples_on_a_real_api_server() {
                         "{name}: the refused update changed the stored spec"
                     ));
                 }
-                api.delete(obj_name, &DeleteParams::default())
-                    .await
-                    .unwrap();
+                delete_now(&api, obj_name).await;
             }
             (Some(_), None) => failures.push(format!("{name}: the stored object vanished")),
             (None, None) => {}
@@ -100,14 +98,22 @@ async fn crds_and_samples_on_a_real_api_server() {
             continue;
         }
         let api = cluster.api_for(obj).await;
-        let _ = api
-            .delete(
-                obj["metadata"]["name"].as_str().unwrap(),
-                &DeleteParams::default(),
-            )
-            .await;
+        delete_now(&api, obj["metadata"]["name"].as_str().unwrap()).await;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Deletes a sample object at once: workloads get the operator's release finalizer on create
+/// (the MutatingAdmissionPolicy), and no operator runs here to remove it.
+async fn delete_now(api: &Api<DynamicObject>, name: &str) {
+    let _ = api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    let _ = api.delete(name, &DeleteParams::default()).await;
 }
 
 #[tokio::test]
