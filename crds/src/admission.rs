@@ -121,10 +121,11 @@ pub fn policies() -> Vec<Value> {
 }
 
 /// The finalizer put on at create time by the API server (a MutatingAdmissionPolicy, v1 from
-/// Kubernetes 1.36): the operator otherwise adds it with a write of its own before placing,
-/// one of the few requests each placement costs. Where the API is missing or the policy is
-/// not installed the operator still adds it (`failurePolicy: Ignore`: a create never fails
-/// for it).
+/// Kubernetes 1.36), saving the operator's own finalizer write per workload. NOT installed:
+/// right after the CRDs are installed, creates of workloads failed (`ServiceUnavailable`,
+/// "Resource kind ... not found") while the policy's type information caught up, even with
+/// `failurePolicy: Ignore` (the demo broke). Kept, with `render_mutating`, for the next
+/// attempt (a JSONPatch mutation, which needs no schema, is the candidate).
 pub fn mutating_policies() -> Vec<Value> {
     let labels = json!({"app.kubernetes.io/part-of": "sovereign"});
     vec![

@@ -187,14 +187,6 @@ pub fn admission_files() -> Result<Vec<(PathBuf, String)>, serde_yaml_ng::Error>
             crd_dir().join("../charts/sovereign/templates/admission-policies.yaml"),
             validating,
         ),
-        (
-            crd_dir().join("admission/mutating.yaml"),
-            admission::render_mutating(false)?,
-        ),
-        (
-            crd_dir().join("../charts/sovereign/templates/admission-mutating.yaml"),
-            admission::render_mutating(true)?,
-        ),
     ])
 }
 

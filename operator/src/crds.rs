@@ -135,13 +135,7 @@ pub async fn install_admission(client: &kube::Client) -> Result<(), Error> {
     use kube::core::GroupVersionKind;
     use kube::discovery::ApiResource;
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let validating = sovereign_crds::admission::policies()
-        .into_iter()
-        .map(|p| (p, true));
-    let mutating = sovereign_crds::admission::mutating_policies()
-        .into_iter()
-        .map(|p| (p, false));
-    for (obj, required) in validating.chain(mutating) {
+    for obj in sovereign_crds::admission::policies() {
         let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
         let name = obj["metadata"]["name"]
             .as_str()
@@ -158,21 +152,13 @@ pub async fn install_admission(client: &kube::Client) -> Result<(), Error> {
             client.clone(),
             &ApiResource::from_gvk_with_plural(&gvk, &plural),
         );
-        match api.patch(&name, &params, &Patch::Apply(&obj)).await {
-            Ok(_) => tracing::info!(kind = %kind, name = %name, "applied"),
-            // MutatingAdmissionPolicy is v1 from Kubernetes 1.36; before, the operator adds
-            // the finalizer itself (one more write per workload).
-            Err(kube::Error::Api(s)) if !required && s.code == 404 => {
-                tracing::warn!(kind = %kind, name = %name,
-                    "not served by this API server (v1 from Kubernetes 1.36); the operator adds the release finalizer itself");
-            }
-            Err(source) => {
-                return Err(Error::Api {
-                    context: format!("apply {kind} {name}"),
-                    source,
-                });
-            }
-        }
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|source| Error::Api {
+                context: format!("apply {kind} {name}"),
+                source,
+            })?;
+        tracing::info!(kind = %kind, name = %name, "applied");
     }
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sovereign_crds::{ComputeInstance, Server, StorageVolume};
@@ -160,17 +159,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         "spec": {"size": "100Gi", "tier": "ssd", "replicas": 2, "spread": "Rack"}
     }))
     .unwrap();
-    let created = volumes.create(&PostParams::default(), &vol).await.unwrap();
-    // Put on by the API server as it is created (the MutatingAdmissionPolicy), not by a write
-    // of the operator's.
-    assert!(
-        created
-            .finalizers()
-            .iter()
-            .any(|f| f == sovereign_crds::admission::RELEASE_FINALIZER),
-        "finalizer on create: {:?}",
-        created.metadata.finalizers
-    );
+    volumes.create(&PostParams::default(), &vol).await.unwrap();
     let placed = wait_for(Duration::from_mins(1), "the volume Bound", || async {
         let v = volumes.get("records").await.ok()?;
         (v.status.as_ref()?.phase == sovereign_crds::Phase::Bound).then_some(v)

@@ -144,10 +144,7 @@ impl Cluster {
 
     /// Server-side applies the admission policies and bindings (idempotent).
     pub async fn install_admission(&self) {
-        let policies = sovereign_crds::admission::policies()
-            .into_iter()
-            .chain(sovereign_crds::admission::mutating_policies());
-        for obj in policies {
+        for obj in sovereign_crds::admission::policies() {
             let kind = obj["kind"].as_str().unwrap_or_default();
             let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
             let lower = kind.to_ascii_lowercase();
