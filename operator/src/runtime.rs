@@ -286,16 +286,7 @@ fn tenant_controller(
 /// kube-runtime's own trigger queues each object with its version, uid and an erased copy of
 /// its type (a dozen strings, twice: queue and index): a burst of 20,000 new workloads held
 /// 20,000 of those while they waited for a reconcile (the queue dedups by name either way).
-fn lean<K>(events: ReflectHandle<K>, store: Store<K>) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+fn lean<K: Watched>(events: ReflectHandle<K>, store: Store<K>) -> Controller<K> {
     Controller::for_shared_stream(futures::stream::pending::<Arc<K>>(), store).reconcile_on(
         events.map(|k| {
             let r = ObjectRef::new(k.meta().name.as_deref().unwrap_or_default());
