@@ -376,7 +376,7 @@ async fn main() {
         "volumes Bound (PVCs bound by the PV binder) at the end: {bound_volumes}/{}",
         vs.len()
     );
-    // With the operator still running, so its finalizers let the workloads go.
+    // With the operator still running, so the volumes' finalizers let them go.
     cleanup(&cluster, &p, &tenant, &ns, &site, &names).await;
     drop(op);
     if violations.is_empty() {

@@ -19,13 +19,13 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
-use sovereign_telemetry::cluster::{Watched, mirror_trimmed, shared_mirror};
+use sovereign_telemetry::cluster::{Watched, mirror_trimmed, shared_mirror_observed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::ledger::{Ledger, LedgerOptions};
+use crate::controller::ledger::{Followed, Ledger, LedgerOptions, Workload};
 use crate::controller::{
     self, Context, ControllerMetrics, Leadership, StatusPolicy, compute, hardware, storage, tenant,
     tenants,
@@ -63,8 +63,69 @@ fn shared<K, const N: usize>(
 where
     K: Watched,
 {
-    shared_mirror(client.clone(), watcher::Config::default(), kind, trim)
-        .ok_or(RunError::SharedWatch { kind })
+    shared_workloads(client, kind, trim, |_| {})
+}
+
+/// [`shared`] whose events (once in the store) the ledger also follows.
+fn shared_workloads<K, const N: usize>(
+    client: &kube::Client,
+    kind: &'static str,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Result<(Store<K>, [ReflectHandle<K>; N]), RunError>
+where
+    K: Watched,
+{
+    shared_mirror_observed(
+        client.clone(),
+        watcher::Config::default(),
+        kind,
+        trim,
+        observe,
+    )
+    .ok_or(RunError::SharedWatch { kind })
+}
+
+/// The ledger's view of a workload watch: deletions give capacity back, re-lists rebuild. A
+/// deleted workload's namespace goes to `gone`: its tenant's usage changed, and the shared
+/// watch's subscriptions carry no deletions.
+fn ledger_follows<K>(
+    ledger: &Arc<Ledger>,
+    gone: &tokio::sync::mpsc::UnboundedSender<String>,
+    workload: fn(&K) -> Workload<'_>,
+) -> impl FnMut(&watcher::Event<K>) + Send + 'static
+where
+    K: kube::Resource + 'static,
+{
+    let (ledger, gone) = (ledger.clone(), gone.clone());
+    move |event| match event {
+        watcher::Event::Delete(k) => {
+            ledger.follow(Followed::Deleted(workload(k)));
+            if let Some(ns) = &k.meta().namespace {
+                let _ = gone.send(ns.clone());
+            }
+        }
+        watcher::Event::InitDone => ledger.follow(Followed::Relisted),
+        _ => {}
+    }
+}
+
+/// Tenants of the namespaces a workload left (see [`ledger_follows`]).
+fn tenants_of_gone(
+    gone: tokio::sync::mpsc::UnboundedReceiver<String>,
+    namespaces: Store<Namespace>,
+) -> impl Stream<Item = ObjectRef<Tenant>> + Send + 'static {
+    futures::stream::unfold((gone, namespaces), |(mut gone, namespaces)| async move {
+        loop {
+            let ns = gone.recv().await?;
+            if let Some(t) = namespaces
+                .get(&ObjectRef::new(&ns))
+                .and_then(|n| by_tenant_label(n.as_ref()))
+            {
+                return Some((t, (gone, namespaces)));
+            }
+        }
+    })
 }
 
 /// The shared watches' subscriptions the tenant controller reads.
@@ -74,6 +135,8 @@ struct TenantInputs {
     namespaces: (Store<Namespace>, ReflectHandle<Namespace>),
     volumes: ReflectHandle<StorageVolume>,
     instances: ReflectHandle<ComputeInstance>,
+    /// Namespaces a workload was deleted from.
+    gone: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Leader election settings.
@@ -279,6 +342,7 @@ fn tenant_controller(
             let ns = ns_store.get(&ObjectRef::new(v.metadata.namespace.as_deref()?))?;
             by_tenant_label(ns.as_ref())
         })
+        .reconcile_on(tenants_of_gone(inputs.gone, namespaces.clone()))
         .reconcile_all_on(on_leadership(lease_rx))
 }
 
@@ -554,16 +618,26 @@ pub async fn run(
     let (sites, [site_events]) = shared::<Site, 1>(&client, "Site", |_| {})?;
     let nodes = node_store(&client);
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
+    let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ledger = Arc::new(Ledger::new(LedgerOptions {
+        stale_after_seconds: options.policy.ledger_stale_after_seconds(),
+        ..LedgerOptions::default()
+    }));
     // Workloads' annotations are never read here and can be large (`kubectl apply` keeps the
     // whole last-applied object in one): tens of thousands of workloads are held without them.
-    let (volumes, [volume_events, volumes_to_tenants]) =
-        shared::<StorageVolume, 2>(&client, "StorageVolume", |v| {
-            v.metadata.annotations = None;
-        })?;
+    let (volumes, [volume_events, volumes_to_tenants]) = shared_workloads::<StorageVolume, 2>(
+        &client,
+        "StorageVolume",
+        |v| v.metadata.annotations = None,
+        ledger_follows(&ledger, &gone, |v| Workload::Volume(v)),
+    )?;
     let (instances, [instance_events, instances_to_tenants]) =
-        shared::<ComputeInstance, 2>(&client, "ComputeInstance", |c| {
-            c.metadata.annotations = None;
-        })?;
+        shared_workloads::<ComputeInstance, 2>(
+            &client,
+            "ComputeInstance",
+            |c| c.metadata.annotations = None,
+            ledger_follows(&ledger, &gone, |c| Workload::Instance(c)),
+        )?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
         shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
     let _ = tokio::join!(
@@ -588,10 +662,7 @@ pub async fn run(
         instances: instances.clone(),
         tenants: tenants_store,
         pods: Arc::default(),
-        ledger: Arc::new(Ledger::new(LedgerOptions {
-            stale_after_seconds: options.policy.ledger_stale_after_seconds(),
-            ..LedgerOptions::default()
-        })),
+        ledger,
         moves: Arc::new(crate::controller::moves::MoveLimiter::new(
             options.moves_per_minute,
         )),
@@ -667,6 +738,7 @@ pub async fn run(
             namespaces: (namespaces.clone(), namespace_events),
             volumes: volumes_to_tenants,
             instances: instances_to_tenants,
+            gone: gone_rx,
         },
         lease_rx.clone(),
     )

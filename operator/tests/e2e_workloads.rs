@@ -430,13 +430,43 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     .await;
     feed.abort();
 
-    // Leave nothing behind: workloads first (their finalizers need the operator), then the rest.
-    volumes
-        .delete("archive", &DeleteParams::default())
-        .await
-        .unwrap();
+    // An instance carries no finalizer (one API write less per instance): deleted, it is gone
+    // at once, its Pods go by garbage collection and the ledger gives its capacity back (the
+    // tenant's usage, which the ledger writes, loses its cpu).
+    let api_now = instances.get("api").await.unwrap();
+    assert!(
+        api_now.metadata.finalizers.unwrap_or_default().is_empty(),
+        "an instance needs no finalizer"
+    );
+    let cpu_used = |t: &serde_json::Value| t["status"]["usage"]["cpu"].as_str().map(str::to_owned);
+    let before = serde_json::to_value(tenants.get(&tenant).await.unwrap()).unwrap();
+    assert!(
+        cpu_used(&before).is_some(),
+        "the instance's cpu is in the tenant's usage: {}",
+        before["status"]["usage"]
+    );
     instances
         .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the instance's capacity released and its Pods gone",
+        || async {
+            let t = serde_json::to_value(tenants.get(&tenant).await.ok()?).ok()?;
+            let left = pods.list(&ListParams::default()).await.ok()?.items;
+            kubelet_confirms_deletions(&pods).await;
+            (instances.get_opt("api").await.ok()?.is_none()
+                && cpu_used(&t).is_none()
+                && left.is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Leave nothing behind: volumes first (their finalizers need the operator), then the rest.
+    volumes
+        .delete("archive", &DeleteParams::default())
         .await
         .unwrap();
     wait_for(Duration::from_secs(30), "workloads to go", || async {
@@ -445,7 +475,6 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         none.then_some(())
     })
     .await;
-    let tenants: Api<sovereign_crds::Tenant> = Api::all(cluster.client.clone());
     tenants
         .delete(&tenant, &DeleteParams::default())
         .await

@@ -92,7 +92,23 @@ pub fn shared_mirror<K, const N: usize>(
     client: kube::Client,
     config: watcher::Config,
     what: &'static str,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> Option<(Store<K>, [ReflectHandle<K>; N])>
+where
+    K: Watched,
+{
+    shared_mirror_observed(client, config, what, trim, |_| {})
+}
+
+/// [`shared_mirror`] that also hands each event to `observe` once the store shows it (a
+/// deletion is gone from the store, a re-list's `InitDone` has replaced it): for readers that
+/// keep books of their own from the same objects.
+pub fn shared_mirror_observed<K, const N: usize>(
+    client: kube::Client,
+    config: watcher::Config,
+    what: &'static str,
     mut trim: impl FnMut(&mut K) + Send + 'static,
+    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> Option<(Store<K>, [ReflectHandle<K>; N])>
 where
     K: Watched,
@@ -113,7 +129,12 @@ where
             trim_meta(obj);
             trim(obj);
         })
-        .reflect_shared(writer);
+        .reflect_shared(writer)
+        .inspect(move |event| {
+            if let Ok(e) = event {
+                observe(e);
+            }
+        });
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

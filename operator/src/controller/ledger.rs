@@ -55,6 +55,9 @@ struct State {
     pending: HashMap<String, Pending>,
     /// The lease's channel as this ledger last saw it (None: no election, or not built yet).
     leadership: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A workload watch re-listed: deletions it missed are not in the books' past events, so
+    /// the next change rebuilds them from the stores.
+    relisted: bool,
 }
 
 /// The ledger; one per process, used by the leader only.
@@ -105,6 +108,13 @@ impl Workload<'_> {
             Self::Instance(c) => from_crds::consumer("ComputeInstance", &c.metadata),
         }
     }
+}
+
+/// A workload watch event the ledger follows.
+#[derive(Clone, Copy, Debug)]
+pub enum Followed<'a> {
+    Deleted(Workload<'a>),
+    Relisted,
 }
 
 /// Why the ledger could not answer.
@@ -222,6 +232,7 @@ impl Ledger {
             rx.mark_unchanged();
             changed
         });
+        let handed_over = handed_over || std::mem::take(&mut state.relisted);
         let fp = fingerprint(ctx);
         if state.placer.is_some() && fp == state.fingerprint && !handed_over {
             prune_pending(ctx, state);
@@ -389,6 +400,17 @@ impl Ledger {
         state.pending.remove(consumer);
         if let Some(p) = state.placer.as_mut() {
             p.release(consumer);
+        }
+    }
+
+    /// Follows a workload watch (after its store shows the event): a deleted workload's
+    /// capacity is given back — ComputeInstances carry no finalizer, their Pods go by garbage
+    /// collection — and a re-list, which may have dropped deletions it never reported, makes
+    /// the next change rebuild the books from the stores.
+    pub fn follow(&self, event: Followed<'_>) {
+        match event {
+            Followed::Deleted(w) => self.release(&w.consumer()),
+            Followed::Relisted => self.lock().relisted = true,
         }
     }
 

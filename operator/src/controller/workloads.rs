@@ -74,13 +74,25 @@ where
     if let Some(rv) = resource_version {
         body["metadata"] = json!({"resourceVersion": rv});
     }
-    api.patch_status(&name, &params(), &Patch::Apply(&body))
+    if let Err(source) = api
+        .patch_status(&name, &params(), &Patch::Apply(&body))
         .await
-        .map_err(|source| Error::StatusWrite {
+    {
+        // Deleted meanwhile (instances carry no finalizer): a placement this pass made must
+        // not outlive it; the watch's deletion may have been seen before it was made.
+        if matches!(&source, kube::Error::Api(s) if s.code == 404) {
+            ctx.ledger
+                .release(&sovereign_placement::from_crds::consumer(
+                    &K::kind(&()),
+                    obj.meta(),
+                ));
+        }
+        return Err(Error::StatusWrite {
             kind: K::kind(&()).into_owned(),
             name: format!("{ns}/{name}"),
             source,
-        })?;
+        });
+    }
     ctx.written_workloads.record(&key, before, &digest);
     ctx.metrics.write(&K::kind(&()), "changed");
     Ok(true)

@@ -3,5 +3,5 @@
 
 pub use sovereign_telemetry_api::shutdown_signal;
 pub use sovereign_telemetry_api::watch::{
-    Watched, mirror, mirror_trimmed, readable, shared_mirror,
+    Watched, mirror, mirror_trimmed, readable, shared_mirror, shared_mirror_observed,
 };
