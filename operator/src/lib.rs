@@ -6,6 +6,8 @@
 pub mod controller;
 pub mod crds;
 pub mod inventory;
+pub mod packed;
+mod packed_samples;
 pub mod plan;
 pub mod plugin;
 pub mod runtime;
