@@ -108,21 +108,18 @@ where
 async fn create(cluster: &Cluster, obj: Value) {
     let ns = obj["metadata"]["namespace"].as_str().unwrap().to_owned();
     let post = kube::api::PostParams::default();
-    match obj["kind"].as_str() {
-        Some("Pod") => {
-            let pod: Pod = serde_json::from_value(obj).unwrap();
-            Api::<Pod>::namespaced(cluster.client.clone(), &ns)
-                .create(&post, &pod)
-                .await
-                .unwrap();
-        }
-        _ => {
-            let c: ComputeInstance = serde_json::from_value(obj).unwrap();
-            Api::<ComputeInstance>::namespaced(cluster.client.clone(), &ns)
-                .create(&post, &c)
-                .await
-                .unwrap();
-        }
+    if obj["kind"] == "Pod" {
+        let pod: Pod = serde_json::from_value(obj).unwrap();
+        Api::<Pod>::namespaced(cluster.client.clone(), &ns)
+            .create(&post, &pod)
+            .await
+            .unwrap();
+    } else {
+        let c: ComputeInstance = serde_json::from_value(obj).unwrap();
+        Api::<ComputeInstance>::namespaced(cluster.client.clone(), &ns)
+            .create(&post, &c)
+            .await
+            .unwrap();
     }
 }
 

@@ -3,6 +3,8 @@
 //! per-allocation overhead, which favours the decoded form's ~30 allocations per object.
 //!
 //! `cargo bench -p sovereign-operator --bench store_memory [-- --objects N]`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench may panic
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 use std::sync::Arc;
 
 use sovereign_crds::{ComputeInstance, StorageVolume};

@@ -76,7 +76,8 @@ pub enum PackError {
 
 /// A workload as a store holds it.
 pub struct Packed<K> {
-    /// Name and namespace only: the store's key and what triggers read.
+    /// Name and namespace (the store's key, what triggers read) and resourceVersion (where
+    /// the watch resumes from).
     meta: ObjectMeta,
     spots: Box<[Spot]>,
     body: Box<[u8]>,
@@ -97,6 +98,7 @@ impl<K: Packable> Packed<K> {
             meta: ObjectMeta {
                 name: meta.name.clone(),
                 namespace: meta.namespace.clone(),
+                resource_version: meta.resource_version.clone(),
                 ..ObjectMeta::default()
             },
             spots: k.spots().into_boxed_slice(),
@@ -149,7 +151,7 @@ impl<K: Packable> fmt::Debug for Packed<K> {
             .field("namespace", &self.meta.namespace)
             .field("name", &self.meta.name)
             .field("bytes", &self.body.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -238,6 +240,7 @@ impl Packable for sovereign_crds::StorageVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::Resource as _;
     use sovereign_crds::{ComputeInstance, StorageVolume};
 
     #[test]
@@ -267,10 +270,14 @@ mod tests {
             .into(),
         );
         let p = Packed::pack(c.clone()).unwrap();
-        use kube::Resource as _;
         assert_eq!(p.meta().name, c.metadata.name);
         assert_eq!(p.meta().namespace, c.metadata.namespace);
-        assert_eq!(p.meta().resource_version, None, "keys stay small");
+        assert_eq!(
+            p.meta().resource_version,
+            c.metadata.resource_version,
+            "watches resume"
+        );
+        assert_eq!(p.meta().uid, None);
         let back = p.unpack().unwrap();
         assert_eq!(back.metadata.annotations, None);
         assert_eq!(back.metadata.resource_version, c.metadata.resource_version);

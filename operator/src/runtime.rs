@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Resource as _;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
@@ -25,12 +26,14 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::ledger::{Followed, Ledger, LedgerOptions, Workload};
+use crate::controller::ledger::{Followed, Ledger, LedgerOptions};
 use crate::controller::{
     self, Context, ControllerMetrics, Leadership, StatusPolicy, compute, hardware, storage, tenant,
     tenants,
 };
+use crate::packed::{Packable, Packed};
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
+use sovereign_placement::from_crds;
 
 /// Errors that stop `run`.
 #[derive(Debug, Error)]
@@ -89,18 +92,15 @@ where
 /// The ledger's view of a workload watch: deletions give capacity back, re-lists rebuild. A
 /// deleted workload's namespace goes to `gone`: its tenant's usage changed, and the shared
 /// watch's subscriptions carry no deletions.
-fn ledger_follows<K>(
+fn ledger_follows<K: Packable>(
     ledger: &Arc<Ledger>,
     gone: &tokio::sync::mpsc::UnboundedSender<String>,
-    workload: fn(&K) -> Workload<'_>,
-) -> impl FnMut(&watcher::Event<K>) + Send + 'static
-where
-    K: kube::Resource + 'static,
-{
+) -> impl FnMut(&watcher::Event<Packed<K>>) + Send + 'static {
     let (ledger, gone) = (ledger.clone(), gone.clone());
     move |event| match event {
         watcher::Event::Delete(k) => {
-            ledger.follow(Followed::Deleted(workload(k)));
+            let consumer = from_crds::consumer(&K::kind(&()), k.meta());
+            ledger.follow(Followed::Deleted(&consumer));
             if let Some(ns) = &k.meta().namespace {
                 let _ = gone.send(ns.clone());
             }
@@ -133,8 +133,8 @@ struct TenantInputs {
     applied: Arc<controller::tenants::AppliedTenants>,
     tenants: (Store<Tenant>, ReflectHandle<Tenant>),
     namespaces: (Store<Namespace>, ReflectHandle<Namespace>),
-    volumes: ReflectHandle<StorageVolume>,
-    instances: ReflectHandle<ComputeInstance>,
+    volumes: ReflectHandle<Packed<StorageVolume>>,
+    instances: ReflectHandle<Packed<ComputeInstance>>,
     /// Namespaces a workload was deleted from.
     gone: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -332,14 +332,14 @@ fn tenant_controller(
         // Placements change the tenant's usage.
         .watches_shared_stream(inputs.instances, {
             let ns_store = namespaces.clone();
-            move |c: Arc<ComputeInstance>| {
-                let ns = ns_store.get(&ObjectRef::new(c.metadata.namespace.as_deref()?))?;
+            move |c: Arc<Packed<ComputeInstance>>| {
+                let ns = ns_store.get(&ObjectRef::new(c.meta().namespace.as_deref()?))?;
                 by_tenant_label(ns.as_ref())
             }
         })
         // A volume going away may unblock its tenant's deletion.
-        .watches_shared_stream(inputs.volumes, move |v: Arc<StorageVolume>| {
-            let ns = ns_store.get(&ObjectRef::new(v.metadata.namespace.as_deref()?))?;
+        .watches_shared_stream(inputs.volumes, move |v: Arc<Packed<StorageVolume>>| {
+            let ns = ns_store.get(&ObjectRef::new(v.meta().namespace.as_deref()?))?;
             by_tenant_label(ns.as_ref())
         })
         .reconcile_on(tenants_of_gone(inputs.gone, namespaces.clone()))
@@ -470,19 +470,9 @@ trait HasReplicas {
     fn replica_servers(&self) -> impl Iterator<Item = &str>;
 }
 
-impl HasReplicas for StorageVolume {
+impl<K: Packable> HasReplicas for Packed<K> {
     fn replica_servers(&self) -> impl Iterator<Item = &str> {
-        self.status
-            .iter()
-            .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
-    }
-}
-
-impl HasReplicas for ComputeInstance {
-    fn replica_servers(&self) -> impl Iterator<Item = &str> {
-        self.status
-            .iter()
-            .flat_map(|s| s.replicas.iter().map(|r| r.server.as_str()))
+        self.spots().iter().map(|s| &*s.server)
     }
 }
 
@@ -623,20 +613,21 @@ pub async fn run(
         stale_after_seconds: options.policy.ledger_stale_after_seconds(),
         ..LedgerOptions::default()
     }));
-    // Workloads' annotations are never read here and can be large (`kubectl apply` keeps the
-    // whole last-applied object in one): tens of thousands of workloads are held without them.
-    let (volumes, [volume_events, volumes_to_tenants]) = shared_workloads::<StorageVolume, 2>(
-        &client,
-        "StorageVolume",
-        |v| v.metadata.annotations = None,
-        ledger_follows(&ledger, &gone, |v| Workload::Volume(v)),
-    )?;
+    // Workloads are held packed (see `crate::packed`): tens of thousands of them were the
+    // largest part of the operator's memory decoded.
+    let (volumes, [volume_events, volumes_to_tenants]) =
+        shared_workloads::<Packed<StorageVolume>, 2>(
+            &client,
+            "StorageVolume",
+            |_| {},
+            ledger_follows(&ledger, &gone),
+        )?;
     let (instances, [instance_events, instances_to_tenants]) =
-        shared_workloads::<ComputeInstance, 2>(
+        shared_workloads::<Packed<ComputeInstance>, 2>(
             &client,
             "ComputeInstance",
-            |c| c.metadata.annotations = None,
-            ledger_follows(&ledger, &gone, |c| Workload::Instance(c)),
+            |_| {},
+            ledger_follows(&ledger, &gone),
         )?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
         shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
@@ -901,7 +892,8 @@ mod tests {
 
     #[test]
     fn only_a_server_replicas_must_leave_wakes_its_workloads() {
-        let (volumes, mut vw) = reflector::store::<sovereign_crds::StorageVolume>();
+        let (volumes, mut vw) =
+            reflector::store::<crate::packed::Packed<sovereign_crds::StorageVolume>>();
         vw.apply_watcher_event(&Event::Apply(
             serde_json::from_value(json!({
                 "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",

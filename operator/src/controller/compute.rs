@@ -23,6 +23,7 @@ use super::workloads::{
     write_status,
 };
 use super::{Context, Error};
+use crate::packed::Packed;
 
 /// The status entry of a replica placed on `p`.
 fn replica(c: &ComputeInstance, p: &Placement, state: ReplicaState) -> InstanceReplica {
@@ -454,7 +455,7 @@ async fn release_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, 
 
 /// ComputeInstance: place, record, bind Pods; released when it goes.
 pub async fn reconcile_instance(
-    c: Arc<ComputeInstance>,
+    packed: Arc<Packed<ComputeInstance>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let mut guard = ctx.metrics.start("computeinstance");
@@ -462,6 +463,7 @@ pub async fn reconcile_instance(
         guard.result("follower");
         return Ok(Action::await_change());
     }
+    let c = packed.unpack()?;
     let result = if c.meta().deletion_timestamp.is_some() {
         release_instance(&ctx, &c).await
     } else {

@@ -348,14 +348,11 @@ where
 
 /// Error policy shared by the three controllers: count, log once, back off with jitter.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
-pub fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(
-        std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("?"),
-        error.metric_label(),
-    );
+pub fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    ctx.metrics.error(&K::kind(&()), error.metric_label());
     if error.is_wait() {
         tracing::info!(reason = error.reason(), "{error}");
     } else {

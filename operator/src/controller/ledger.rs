@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Resource as _, ResourceExt};
 use sovereign_placement::from_crds::{self, HealthPolicy, PowerModel, TenantPolicyWithNamespaces};
 use sovereign_placement::{CapacityPolicy, Decision, Placer, Refusal, Request, Slot, Strategy};
 
@@ -113,7 +113,8 @@ impl Workload<'_> {
 /// A workload watch event the ledger follows.
 #[derive(Clone, Copy, Debug)]
 pub enum Followed<'a> {
-    Deleted(Workload<'a>),
+    /// A workload, by its consumer name (kind/namespace/name).
+    Deleted(&'a str),
     Relisted,
 }
 
@@ -143,6 +144,11 @@ fn fingerprint(ctx: &Context) -> u64 {
     h.finish()
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
+fn unreadable(e: crate::packed::PackError) -> LedgerError {
+    LedgerError::Inventory(e.to_string())
+}
+
 fn slots(placer: &Placer, req: &Request, servers: &[String]) -> Option<Vec<Slot>> {
     servers
         .iter()
@@ -163,15 +169,18 @@ fn prune_pending(ctx: &Context, state: &mut State) {
         let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             return false;
         };
+        let spots = |s: &[crate::packed::Spot]| -> Vec<String> {
+            s.iter().map(|s| s.server.to_string()).collect()
+        };
         let shown = match kind {
             "StorageVolume" => ctx
                 .volumes
                 .get(&ObjectRef::new(name).within(ns))
-                .map(|v| Workload::Volume(&v).servers()),
+                .map(|v| spots(v.spots())),
             "ComputeInstance" => ctx
                 .instances
                 .get(&ObjectRef::new(name).within(ns))
-                .map(|c| Workload::Instance(&c).servers()),
+                .map(|c| spots(c.spots())),
             _ => None,
         };
         shown.as_ref() != Some(&p.servers)
@@ -268,27 +277,21 @@ impl Ledger {
         state.placer = None;
         let mut placer = Placer::new(inventory, self.options.strategy);
         let mut recorded = std::collections::HashSet::new();
-        let volumes = ctx.volumes.state();
-        let instances = ctx.instances.state();
-        let workloads = volumes
-            .iter()
-            .map(|v| Workload::Volume(v))
-            .chain(instances.iter().map(|c| Workload::Instance(c)));
-        for w in workloads {
-            let servers = w.servers();
-            let consumer = w.consumer();
+        // Unpacked one at a time: the books are all that is kept of each.
+        let mut book = |consumer: String, servers: Vec<String>, w: Option<Workload<'_>>| {
             // Our own newer decision (a placement or a move) wins until the watch shows it.
             if let Some(p) = state.pending.get(&consumer) {
                 if p.servers != servers {
-                    continue;
+                    return;
                 }
                 state.pending.remove(&consumer);
             }
-            if servers.is_empty() {
-                continue;
-            }
+            // Not placed: holds nothing.
+            let Some(w) = w.filter(|_| !servers.is_empty()) else {
+                return;
+            };
             let Ok(req) = w.request(&tenants, &self.options.power) else {
-                continue;
+                return;
             };
             match slots(&placer, &req, &servers) {
                 Some(s) => {
@@ -298,6 +301,33 @@ impl Ledger {
                 None => {
                     tracing::warn!(consumer = %req.consumer, ?servers, "replica on a server not in the inventory; not counted");
                 }
+            }
+        };
+        // A workload with no replicas is not unpacked.
+        for v in ctx.volumes.state() {
+            if v.spots().is_empty() {
+                book(
+                    from_crds::consumer("StorageVolume", v.meta()),
+                    Vec::new(),
+                    None,
+                );
+            } else {
+                let v = v.unpack().map_err(unreadable)?;
+                let w = Workload::Volume(&v);
+                book(w.consumer(), w.servers(), Some(w));
+            }
+        }
+        for c in ctx.instances.state() {
+            if c.spots().is_empty() {
+                book(
+                    from_crds::consumer("ComputeInstance", c.meta()),
+                    Vec::new(),
+                    None,
+                );
+            } else {
+                let c = c.unpack().map_err(unreadable)?;
+                let w = Workload::Instance(&c);
+                book(w.consumer(), w.servers(), Some(w));
             }
         }
         // Our own placements the watch has not shown yet.
@@ -409,7 +439,7 @@ impl Ledger {
     /// the next change rebuild the books from the stores.
     pub fn follow(&self, event: Followed<'_>) {
         match event {
-            Followed::Deleted(w) => self.release(&w.consumer()),
+            Followed::Deleted(consumer) => self.release(consumer),
             Followed::Relisted => self.lock().relisted = true,
         }
     }

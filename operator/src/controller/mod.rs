@@ -27,6 +27,8 @@ use kube::runtime::reflector::Store;
 use sovereign_crds::{Rack, Server, Site};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
+
+use crate::packed::Packed;
 use tokio::sync::watch;
 
 pub use metrics::ControllerMetrics;
@@ -80,6 +82,8 @@ pub enum Error {
     Json(#[source] serde_json::Error),
     #[error("the Pod watch has not listed Pods yet (RBAC to list and watch Pods?)")]
     PodsNotListed,
+    #[error(transparent)]
+    Unpack(#[from] crate::packed::PackError),
 }
 
 impl Error {
@@ -98,7 +102,7 @@ impl Error {
                 _ => "FinalizerFailed",
             },
             Self::Ledger(_) => "LedgerUnavailable",
-            Self::Json(_) => "InternalError",
+            Self::Json(_) | Self::Unpack(_) => "InternalError",
             Self::PodsNotListed => "PodsNotListed",
         }
     }
@@ -118,7 +122,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::Ledger(_) => "ledger",
-            Self::Json(_) => "internal",
+            Self::Json(_) | Self::Unpack(_) => "internal",
             Self::PodsNotListed => "pods_not_listed",
         }
     }
@@ -188,8 +192,9 @@ pub struct Context {
     pub sites: Store<Site>,
     pub nodes: Store<k8s_openapi::api::core::v1::Node>,
     pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
-    pub volumes: Store<sovereign_crds::StorageVolume>,
-    pub instances: Store<sovereign_crds::ComputeInstance>,
+    /// Workloads, packed (see [`crate::packed`]): a reconcile unpacks the one it works on.
+    pub volumes: Store<Packed<sovereign_crds::StorageVolume>>,
+    pub instances: Store<Packed<sovereign_crds::ComputeInstance>>,
     pub tenants: Store<sovereign_crds::Tenant>,
     /// The instance controller's Pods (from its Pod watch).
     pub pods: Arc<pods::PodIndex>,

@@ -26,6 +26,7 @@ use super::workloads::{
     write_status,
 };
 use super::{Context, Error};
+use crate::packed::Packed;
 
 /// The status entry of a replica placed on `p`.
 fn replica(v: &StorageVolume, p: &Placement, state: ReplicaState) -> VolumeReplica {
@@ -416,12 +417,16 @@ async fn cleanup_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Erro
 }
 
 /// StorageVolume: place, record, materialise; finalizer releases.
-pub async fn reconcile_volume(v: Arc<StorageVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_volume(
+    packed: Arc<Packed<StorageVolume>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let mut guard = ctx.metrics.start("storagevolume");
     if !ctx.leader.is_leader() {
         guard.result("follower");
         return Ok(Action::await_change());
     }
+    let v = Arc::new(packed.unpack()?);
     let api: Api<StorageVolume> =
         Api::namespaced(ctx.client.clone(), &v.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, v, |event| async {

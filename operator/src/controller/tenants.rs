@@ -202,7 +202,7 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
         if !ours.contains(&ns) {
             continue;
         }
-        for r in v.status.iter().flat_map(|s| &s.replicas) {
+        for r in v.spots() {
             if !site_ok(&r.site) {
                 outside.push(format!(
                     "StorageVolume {ns}/{} replica {} at {}",
@@ -218,13 +218,13 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
         if !ours.contains(&ns) {
             continue;
         }
-        for r in c.status.iter().flat_map(|s| &s.replicas) {
-            let site = r.site.clone().unwrap_or_default();
-            if !site_ok(&site) {
+        for r in c.spots() {
+            if !site_ok(&r.site) {
                 outside.push(format!(
-                    "ComputeInstance {ns}/{} replica {} at {site}",
+                    "ComputeInstance {ns}/{} replica {} at {}",
                     c.name_any(),
-                    r.index
+                    r.index,
+                    r.site
                 ));
             }
         }
