@@ -66,11 +66,25 @@ fn shared<K, const N: usize>(
 where
     K: Watched,
 {
-    shared_workloads(client, kind, trim, |_| {})
+    shared_observed(client, kind, trim, |_| {})
 }
 
-/// [`shared`] whose events (once in the store) the ledger also follows.
-fn shared_workloads<K, const N: usize>(
+/// A shared watch of what placement reads (Servers, Racks, Sites, Tenants): each event tells
+/// the ledger its inventory may have changed.
+fn inventory<K, const N: usize>(
+    client: &kube::Client,
+    kind: &'static str,
+    ledger: &Arc<Ledger>,
+) -> Result<(Store<K>, [ReflectHandle<K>; N]), RunError>
+where
+    K: Watched,
+{
+    let ledger = ledger.clone();
+    shared_observed(client, kind, |_| {}, move |_| ledger.inventory_changed())
+}
+
+/// [`shared`] whose events (once in the store) `observe` also sees.
+fn shared_observed<K, const N: usize>(
     client: &kube::Client,
     kind: &'static str,
     trim: impl FnMut(&mut K) + Send + 'static,
@@ -585,6 +599,11 @@ pub async fn run(
         metrics.set_leader(true);
     }
 
+    let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ledger = Arc::new(Ledger::new(LedgerOptions {
+        stale_after_seconds: options.policy.ledger_stale_after_seconds(),
+        ..LedgerOptions::default()
+    }));
     // One watch per kind, shared by every controller that reads it (a large fleet is held
     // once); the subscriptions are named by their reader.
     let (
@@ -596,8 +615,8 @@ pub async fn run(
             servers_to_volumes,
             servers_to_instances,
         ],
-    ) = shared::<Server, 5>(&client, "Server", |_| {})?;
-    let (racks, [rack_events, racks_to_sites]) = shared::<Rack, 2>(&client, "Rack", |_| {})?;
+    ) = inventory::<Server, 5>(&client, "Server", &ledger)?;
+    let (racks, [rack_events, racks_to_sites]) = inventory::<Rack, 2>(&client, "Rack", &ledger)?;
     let front = Front::start_with(
         client.clone(),
         options.telemetry.clone(),
@@ -605,32 +624,26 @@ pub async fn run(
         racks.clone(),
     )?;
     let hub = front.hub();
-    let (sites, [site_events]) = shared::<Site, 1>(&client, "Site", |_| {})?;
+    let (sites, [site_events]) = inventory::<Site, 1>(&client, "Site", &ledger)?;
     let nodes = node_store(&client);
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
-    let (gone, gone_rx) = tokio::sync::mpsc::unbounded_channel();
-    let ledger = Arc::new(Ledger::new(LedgerOptions {
-        stale_after_seconds: options.policy.ledger_stale_after_seconds(),
-        ..LedgerOptions::default()
-    }));
     // Workloads are held packed (see `crate::packed`): tens of thousands of them were the
     // largest part of the operator's memory decoded.
-    let (volumes, [volume_events, volumes_to_tenants]) =
-        shared_workloads::<Packed<StorageVolume>, 2>(
-            &client,
-            "StorageVolume",
-            |_| {},
-            ledger_follows(&ledger, &gone),
-        )?;
+    let (volumes, [volume_events, volumes_to_tenants]) = shared_observed::<Packed<StorageVolume>, 2>(
+        &client,
+        "StorageVolume",
+        |_| {},
+        ledger_follows(&ledger, &gone),
+    )?;
     let (instances, [instance_events, instances_to_tenants]) =
-        shared_workloads::<Packed<ComputeInstance>, 2>(
+        shared_observed::<Packed<ComputeInstance>, 2>(
             &client,
             "ComputeInstance",
             |_| {},
             ledger_follows(&ledger, &gone),
         )?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
-        shared::<Tenant, 3>(&client, "Tenant", |_| {})?;
+        inventory::<Tenant, 3>(&client, "Tenant", &ledger)?;
     let _ = tokio::join!(
         servers.wait_until_ready(),
         racks.wait_until_ready(),

@@ -9,11 +9,11 @@
 //! rebuild in between never forgets them (that would count capacity as free twice).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use kube::Resource as _;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource as _, ResourceExt};
 use sovereign_placement::from_crds::{self, HealthPolicy, PowerModel, TenantPolicyWithNamespaces};
 use sovereign_placement::{CapacityPolicy, Decision, Placer, Refusal, Request, Slot, Strategy};
 
@@ -50,6 +50,7 @@ struct Pending {
 #[derive(Debug, Default)]
 struct State {
     placer: Option<Placer>,
+    /// `inventory_changes` when the books were last checked against the inventory.
     fingerprint: u64,
     tenants: Vec<TenantPolicyWithNamespaces>,
     pending: HashMap<String, Pending>,
@@ -65,6 +66,11 @@ struct State {
 pub struct Ledger {
     state: Mutex<State>,
     pub options: LedgerOptions,
+    /// Bumped by the Server, Rack, Site and Tenant watches on every event (after their stores
+    /// show it): whether the inventory may have changed, in O(1). Hashing every name and
+    /// version instead cost each placement O(fleet) — at 5,000 servers 40 % of the operator's
+    /// CPU in a burst, taken from the API server on a small control plane.
+    inventory_changes: AtomicU64,
 }
 
 /// What a workload asks of the ledger.
@@ -125,23 +131,6 @@ pub enum LedgerError {
     Inventory(String),
     #[error("{0}")]
     Request(String),
-}
-
-fn fingerprint(ctx: &Context) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for s in ctx.servers.state() {
-        (s.name_any(), s.resource_version()).hash(&mut h);
-    }
-    for r in ctx.racks.state() {
-        (r.name_any(), r.resource_version()).hash(&mut h);
-    }
-    for s in ctx.sites.state() {
-        (s.name_any(), s.resource_version()).hash(&mut h);
-    }
-    for t in ctx.tenants.state() {
-        (t.name_any(), t.resource_version()).hash(&mut h);
-    }
-    h.finish()
 }
 
 #[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
@@ -217,6 +206,7 @@ impl Ledger {
         Self {
             state: Mutex::new(State::default()),
             options,
+            inventory_changes: AtomicU64::new(0),
         }
     }
 
@@ -242,7 +232,8 @@ impl Ledger {
             changed
         });
         let handed_over = handed_over || std::mem::take(&mut state.relisted);
-        let fp = fingerprint(ctx);
+        // Read before the stores: a change landing while the books are built is seen next time.
+        let fp = self.inventory_changes.load(Ordering::Acquire);
         if state.placer.is_some() && fp == state.fingerprint && !handed_over {
             prune_pending(ctx, state);
             return Ok(());
@@ -431,6 +422,11 @@ impl Ledger {
         if let Some(p) = state.placer.as_mut() {
             p.release(consumer);
         }
+    }
+
+    /// An inventory object (Server, Rack, Site, Tenant) changed in its store.
+    pub fn inventory_changed(&self) {
+        self.inventory_changes.fetch_add(1, Ordering::Release);
     }
 
     /// Follows a workload watch (after its store shows the event): a deleted workload's

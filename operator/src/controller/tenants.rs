@@ -182,9 +182,15 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
     let name = t.name_any();
     let ours: Vec<String> = labelled(ctx, &name).iter().map(|n| n.name_any()).collect();
     let min_tier = t.spec.classification.min_security_tier();
-    let site_ok = |site: &str| {
-        ctx.sites.get(&ObjectRef::new(site)).is_none_or(|s| {
-            s.spec.security_tier >= min_tier
+    // The few sites outside the policy, once: a lookup per replica allocated a key each, for
+    // every workload in the cluster on every reconcile of every tenant.
+    let outside_policy: std::collections::HashSet<String> = ctx
+        .sites
+        .state()
+        .iter()
+        .filter(|s| {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            !(s.spec.security_tier >= min_tier
                 && t.spec
                     .residency
                     .jurisdictions
@@ -193,41 +199,31 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
                     .residency
                     .sites
                     .as_ref()
-                    .is_none_or(|a| a.iter().any(|x| x == site))
+                    .is_none_or(|a| a.iter().any(|x| x == name)))
         })
-    };
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    let ours = |ns: Option<&str>| ns.is_some_and(|ns| ours.iter().any(|o| o == ns));
     let mut outside = Vec::new();
+    let mut check = |kind: &str, meta: &kube::api::ObjectMeta, spots: &[crate::packed::Spot]| {
+        if !ours(meta.namespace.as_deref()) {
+            return;
+        }
+        for r in spots.iter().filter(|r| outside_policy.contains(&*r.site)) {
+            outside.push(format!(
+                "{kind} {}/{} replica {} at {}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+                r.index,
+                r.site
+            ));
+        }
+    };
     for v in ctx.volumes.state() {
-        let ns = v.namespace().unwrap_or_default();
-        if !ours.contains(&ns) {
-            continue;
-        }
-        for r in v.spots() {
-            if !site_ok(&r.site) {
-                outside.push(format!(
-                    "StorageVolume {ns}/{} replica {} at {}",
-                    v.name_any(),
-                    r.index,
-                    r.site
-                ));
-            }
-        }
+        check("StorageVolume", v.meta(), v.spots());
     }
     for c in ctx.instances.state() {
-        let ns = c.namespace().unwrap_or_default();
-        if !ours.contains(&ns) {
-            continue;
-        }
-        for r in c.spots() {
-            if !site_ok(&r.site) {
-                outside.push(format!(
-                    "ComputeInstance {ns}/{} replica {} at {}",
-                    c.name_any(),
-                    r.index,
-                    r.site
-                ));
-            }
-        }
+        check("ComputeInstance", c.meta(), c.spots());
     }
     if outside.is_empty() {
         conditions::Desired::new(
