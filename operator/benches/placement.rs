@@ -136,7 +136,13 @@ const LEASE_RENEWAL: Duration = Duration::from_secs(40);
 async fn keep_nodes_alive(cluster: &Cluster, nodes: Vec<String>) -> tokio::task::JoinHandle<()> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
-    let now = || k8s_openapi::jiff::Timestamp::now().to_string();
+    // MicroTime: the API server refuses a renewTime with more than microseconds.
+    let now = || {
+        serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap()
+    };
     futures::stream::iter(&nodes)
         .for_each_concurrent(CREATE_CONCURRENCY, |node| {
             let leases = leases.clone();
@@ -160,13 +166,18 @@ async fn keep_nodes_alive(cluster: &Cluster, nodes: Vec<String>) -> tokio::task:
         for node in nodes.iter().cycle() {
             tick.tick().await;
             let renew = json!({"spec": {"renewTime": now()}});
-            let _ = leases
+            if let Err(e) = leases
                 .patch(
                     node,
                     &kube::api::PatchParams::default(),
                     &kube::api::Patch::Merge(&renew),
                 )
-                .await;
+                .await
+            {
+                // A renewal the API server refuses would let the Nodes go unreachable unseen.
+                eprintln!("renewing the Lease of {node}: {e}");
+                std::process::exit(2);
+            }
         }
     })
 }
@@ -267,6 +278,7 @@ async fn clear_pods(cluster: &Cluster, ns: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let nodes = arg("--nodes", 1000) as usize;
+    let node_count = nodes;
     let objects = arg("--objects", 5000) as usize;
     let paced = arg("--paced", 500) as usize;
     let rate = arg("--rate", 40);
@@ -547,6 +559,28 @@ async fn main() {
         println!(
             "throughput, sovereign (placed and materialised) / kube-scheduler (bound): {ratio:.2}x"
         );
+        // The Leases kept every Node Ready throughout (no unreachable wave in either phase).
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+        let ready = nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(&p))
+            })
+            .filter(|n| {
+                n.status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter().flatten())
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+            .count();
+        println!("fake Nodes Ready at the end: {ready}/{node_count}");
     }
     let end = rss_kib(op.child.id());
     println!(
