@@ -208,14 +208,31 @@ async fn main() {
                 .list(&managed)
                 .await
                 .map_or(0, |l| l.items.len());
-        let usage_cpu = tenants
+        // The tenant's usage is rewritten at most every 5 s: wait for both kinds in it.
+        let usage = tenants
             .get(&tenant)
             .await
             .ok()
-            .and_then(|t| t.status?.usage?.cpu)
-            .and_then(|q| q.parse().ok()?.to_milli().ok());
+            .and_then(|t| t.status?.usage);
+        let usage_cpu = usage
+            .as_ref()
+            .and_then(|u| u.cpu.as_ref()?.parse().ok()?.to_milli().ok());
+        let usage_ssd = usage.as_ref().and_then(|u| {
+            u.storage
+                .as_ref()?
+                .ssd
+                .as_ref()?
+                .parse()
+                .ok()?
+                .to_units()
+                .ok()
+        });
         let want_cpu = 500 * 2 * cs.len() as u64;
-        if (placed == objects && children == 2 * objects && usage_cpu == Some(want_cpu))
+        let want_ssd = 10 * (1 << 30) * 2 * vs.len() as u64;
+        if (placed == objects
+            && children == 2 * objects
+            && usage_cpu == Some(want_cpu)
+            && usage_ssd == Some(want_ssd))
             || Instant::now() > deadline
         {
             break (vs, cs);
