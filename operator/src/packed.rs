@@ -44,7 +44,7 @@ pub trait Packable:
 }
 
 /// Builds a dictionary from typical objects, serialised as `K` serialises (its field order).
-pub fn build_dictionary<K: Packable>() -> Vec<u8> {
+fn build_dictionary<K: Packable>() -> Vec<u8> {
     let mut dict = Vec::new();
     for sample in K::samples() {
         // A sample that does not decode is a bug in the samples; it only costs compression.

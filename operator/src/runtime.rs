@@ -377,10 +377,11 @@ fn lean<K: Watched>(events: ReflectHandle<K>, store: Store<K>) -> Controller<K> 
 }
 
 /// Workloads with a replica on a server (to re-place them when it fails).
-fn on_server<K>(store: &Store<K>, servers: &Store<Server>, server: &Server) -> Vec<ObjectRef<K>>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + HasReplicas + 'static,
-{
+fn on_server<K: Packable>(
+    store: &Store<Packed<K>>,
+    servers: &Store<Server>,
+    server: &Server,
+) -> Vec<ObjectRef<Packed<K>>> {
     let name = server.metadata.name.as_deref().unwrap_or_default();
     // Only a server replicas must leave concerns its workloads: unschedulable, or gone from
     // the store (deleted). Every other status write (heartbeats, the allocation the ledger
@@ -397,32 +398,22 @@ where
     store
         .state()
         .iter()
-        .filter(|w| w.replica_servers().any(|s| s == name))
+        .filter(|w| w.spots().iter().any(|s| &*s.server == name))
         .map(|w| ObjectRef::from(w.as_ref()))
         .collect()
 }
 
 /// A workload controller (StorageVolume or ComputeInstance): its own events, the children it
 /// owns, a Server replicas must leave, and a Tenant whose policy changed.
-fn workload_controller<K>(
-    (store, events): (Store<K>, ReflectHandle<K>),
-    children: impl FnOnce(Controller<K>) -> Controller<K>,
+fn workload_controller<K: Packable>(
+    (store, events): (Store<Packed<K>>, ReflectHandle<Packed<K>>),
+    children: impl FnOnce(Controller<Packed<K>>) -> Controller<Packed<K>>,
     (servers, server_events): (Store<Server>, ReflectHandle<Server>),
     (namespaces, tenant_events): (Store<Namespace>, ReflectHandle<Tenant>),
     config: kube::runtime::controller::Config,
     lease_rx: Option<watch::Receiver<bool>>,
     shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
-) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + HasReplicas
-        + Send
-        + Sync
-        + 'static,
-{
+) -> Controller<Packed<K>> {
     let on_servers = store.clone();
     let on_tenants = store.clone();
     let policy = PolicyChanges::default();
@@ -477,17 +468,6 @@ where
         })
         .map(|w| ObjectRef::from(w.as_ref()))
         .collect()
-}
-
-/// Workloads whose status names servers.
-trait HasReplicas {
-    fn replica_servers(&self) -> impl Iterator<Item = &str>;
-}
-
-impl<K: Packable> HasReplicas for Packed<K> {
-    fn replica_servers(&self) -> impl Iterator<Item = &str> {
-        self.spots().iter().map(|s| &*s.server)
-    }
 }
 
 async fn serve_admin(
