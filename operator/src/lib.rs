@@ -6,6 +6,7 @@
 pub mod controller;
 pub mod crds;
 pub mod inventory;
+pub mod node_taints;
 pub mod packed;
 mod packed_samples;
 pub mod plan;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Resource as _;
@@ -20,7 +20,7 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
-use sovereign_telemetry::cluster::{Watched, mirror_trimmed, shared_mirror_observed};
+use sovereign_telemetry::cluster::{Watched, mirror, shared_mirror_observed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -31,6 +31,7 @@ use crate::controller::{
     self, Context, ControllerMetrics, Leadership, StatusPolicy, compute, hardware, storage, tenant,
     tenants,
 };
+use crate::node_taints::NodeTaints;
 use crate::packed::{Packable, Packed};
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
 use sovereign_placement::from_crds;
@@ -228,27 +229,12 @@ fn on_leadership(rx: Option<watch::Receiver<bool>>) -> impl Stream<Item = ()> + 
     })
 }
 
-/// Node store holding only what the taint writer reads: name, resourceVersion (its write
-/// precondition) and taints. A Node's labels, annotations and status are kilobytes; 5,000 of
-/// them were the largest store after the workloads.
-fn node_store(client: &kube::Client) -> Store<Node> {
-    mirror_trimmed(
-        Api::<Node>::all(client.clone()),
+/// Node store holding only what the taint writer reads (see [`NodeTaints`]).
+fn node_store(client: &kube::Client) -> Store<NodeTaints> {
+    mirror(
+        Api::<NodeTaints>::all(client.clone()),
         watcher::Config::default(),
         "Node",
-        |n: &mut Node| {
-            let meta = std::mem::take(&mut n.metadata);
-            n.metadata = kube::api::ObjectMeta {
-                name: meta.name,
-                resource_version: meta.resource_version,
-                ..kube::api::ObjectMeta::default()
-            };
-            n.spec = n.spec.take().map(|s| k8s_openapi::api::core::v1::NodeSpec {
-                taints: s.taints,
-                ..Default::default()
-            });
-            n.status = None;
-        },
     )
 }
 

@@ -97,11 +97,7 @@ async fn ensure_taint(
     let Some(node) = ctx.nodes.get(&ObjectRef::new(node_name)) else {
         return Ok(false);
     };
-    let current: Vec<NodeTaint> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default();
+    let current: Vec<NodeTaint> = node.taints().to_vec();
     let mut wanted: Vec<NodeTaint> = current
         .iter()
         .filter(|t| t.key != TAINT_KEY)

@@ -190,7 +190,7 @@ pub struct Context {
     pub servers: Store<Server>,
     pub racks: Store<Rack>,
     pub sites: Store<Site>,
-    pub nodes: Store<k8s_openapi::api::core::v1::Node>,
+    pub nodes: Store<crate::node_taints::NodeTaints>,
     pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
     /// Workloads, packed (see [`crate::packed`]): a reconcile unpacks the one it works on.
     pub volumes: Store<Packed<sovereign_crds::StorageVolume>>,
@@ -223,30 +223,61 @@ pub struct Context {
 /// not the store's stale copy: otherwise a sample arriving in that window writes the same
 /// "first status" or condition change again (the fleet bench counted 1,570 first statuses for
 /// 1,000 servers; a rack was rewritten every few seconds on a 5,000-server fleet). An entry
-/// lives only for the store's lag.
+/// lives only for the store's lag: it goes when read against a newer version, or when older
+/// than [`WRITTEN_LAG`] (a workload is often not reconciled again after its last write, and
+/// 20,000 of them kept 2.7 MB of entries nobody would read).
 #[derive(Debug)]
-pub struct WrittenStatus<S>(std::sync::Mutex<std::collections::HashMap<String, (String, S)>>);
+pub struct WrittenStatus<S>(std::sync::Mutex<Written<S>>);
+
+/// How long a store may lag behind a write this process made (it is usually milliseconds;
+/// an entry dropped early costs at most one redundant write).
+pub const WRITTEN_LAG: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Written<S> {
+    entries: std::collections::HashMap<String, (String, S, std::time::Instant)>,
+    /// Entries are swept when there are this many (twice what the last sweep left): amortised
+    /// O(1) per write.
+    sweep_at: usize,
+    lag: std::time::Duration,
+}
 
 impl<S> Default for WrittenStatus<S> {
     fn default() -> Self {
-        Self(std::sync::Mutex::default())
+        Self::with_lag(WRITTEN_LAG)
+    }
+}
+
+impl<S> WrittenStatus<S> {
+    /// Entries kept for `lag` at most.
+    pub fn with_lag(lag: std::time::Duration) -> Self {
+        Self(std::sync::Mutex::new(Written {
+            entries: std::collections::HashMap::new(),
+            sweep_at: 64,
+            lag,
+        }))
     }
 }
 
 impl<S: Clone> WrittenStatus<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Written<S>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// What to decide against: the written status while the store still shows the version the
     /// write replaced, else nothing (the store is current; its entry is dropped).
     pub fn pending(&self, name: &str, store_version: Option<&str>) -> Option<S> {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match map.get(name) {
-            Some((before, status)) if Some(before.as_str()) == store_version => {
+        let mut w = self.lock();
+        match w.entries.get(name) {
+            Some((before, status, at))
+                if Some(before.as_str()) == store_version && at.elapsed() < w.lag =>
+            {
                 Some(status.clone())
             }
             Some(_) => {
-                map.remove(name);
+                w.entries.remove(name);
                 None
             }
             None => None,
@@ -255,12 +286,28 @@ impl<S: Clone> WrittenStatus<S> {
 
     /// Records a status written over the object at `before` (its resourceVersion then).
     pub fn record(&self, name: &str, before: Option<&str>, status: &S) {
-        if let Some(before) = before {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(name.to_owned(), (before.to_owned(), status.clone()));
+        let Some(before) = before else { return };
+        let mut w = self.lock();
+        let now = std::time::Instant::now();
+        w.entries
+            .insert(name.to_owned(), (before.to_owned(), status.clone(), now));
+        if w.entries.len() >= w.sweep_at {
+            let lag = w.lag;
+            w.entries
+                .retain(|_, (_, _, at)| now.duration_since(*at) < lag);
+            w.entries.shrink_to_fit();
+            w.sweep_at = (w.entries.len() * 2).max(64);
         }
+    }
+
+    /// Entries held (for tests).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -335,6 +382,7 @@ pub fn backoff(error: &Error) -> Action {
 mod written_tests {
     use super::WrittenStatus;
     use sovereign_crds::{Health, ServerStatus};
+    use std::time::Duration;
 
     #[test]
     fn a_write_stands_in_for_the_store_until_the_store_shows_it() {
@@ -350,5 +398,26 @@ mod written_tests {
         assert_eq!(w.pending("s1", Some("101")), None);
         assert_eq!(w.pending("s1", Some("100")), None);
         assert_eq!(w.pending("other", Some("1")), None);
+    }
+
+    #[test]
+    fn entries_nobody_reads_again_do_not_accumulate() {
+        let w = WrittenStatus::<u64>::with_lag(Duration::ZERO);
+        for i in 0..10_000_u64 {
+            w.record(&format!("workload-{i}"), Some("1"), &i);
+        }
+        assert!(w.len() < 64, "{} entries held", w.len());
+        w.record("x", Some("1"), &1);
+        assert_eq!(
+            w.pending("x", Some("1")),
+            None,
+            "past the lag it is not trusted"
+        );
+
+        let kept = WrittenStatus::<u64>::default();
+        for i in 0..1_000_u64 {
+            kept.record(&format!("workload-{i}"), Some("1"), &i);
+        }
+        assert_eq!(kept.len(), 1_000, "within the lag every entry is kept");
     }
 }
