@@ -36,7 +36,10 @@ pub type Locate = Box<dyn Fn(&str) -> Placement + Send + Sync>;
 
 /// Latest samples and change notifications. Cheap to share (`Arc<Hub>`).
 pub struct Hub {
-    latest: RwLock<HashMap<(String, i32), Sample>>,
+    /// Per server, its latest sample of each source, ordered by source. Keyed by server alone:
+    /// a reconcile reads one server's samples (a scan of every pair did that before), and a
+    /// 500-byte sample inline in a table sized for growth cost 4.4 MB at 5,000 servers.
+    latest: RwLock<HashMap<Box<str>, Vec<Sample>>>,
     changes: broadcast::Sender<String>,
     metrics: Option<(Arc<Metrics>, Locate)>,
 }
@@ -106,17 +109,12 @@ impl Hub {
 
     /// The latest samples of a server (one per source).
     pub fn latest(&self, server: &str) -> Vec<Sample> {
-        let map = self
-            .latest
+        self.latest
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut out: Vec<Sample> = map
-            .iter()
-            .filter(|((s, _), _)| s == server)
-            .map(|(_, v)| v.clone())
-            .collect();
-        out.sort_by_key(|s| s.source);
-        out
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every sample held (one per server and source), for exporters.
@@ -125,6 +123,7 @@ impl Hub {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
+            .flatten()
             .cloned()
             .collect()
     }
@@ -134,7 +133,9 @@ impl Hub {
         self.latest
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,22 +167,30 @@ impl Hub {
         if ahead > MAX_FUTURE_MS {
             return Err(Rejection::FromTheFuture(ahead));
         }
-        let key = (sample.server.clone(), sample.source);
         let changed = {
             let mut map = self
                 .latest
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(held) = map.get(&key)
-                && held.observed_at_unix_ms > sample.observed_at_unix_ms
-            {
-                return Err(Rejection::Stale);
+            let held = match map.get_mut(sample.server.as_str()) {
+                Some(held) => held,
+                None => map.entry(sample.server.as_str().into()).or_default(),
+            };
+            match held.binary_search_by_key(&sample.source, |h| h.source) {
+                Ok(i) => {
+                    if held[i].observed_at_unix_ms > sample.observed_at_unix_ms {
+                        return Err(Rejection::Stale);
+                    }
+                    let changed = !same_content(&held[i], &sample);
+                    held[i] = sample.clone();
+                    changed
+                }
+                Err(i) => {
+                    held.insert(i, sample.clone());
+                    held.shrink_to_fit();
+                    true
+                }
             }
-            let changed = map
-                .get(&key)
-                .is_none_or(|held| !same_content(held, &sample));
-            map.insert(key, sample.clone());
-            changed
         };
         tracing::trace!(server = %sample.server, agent = %from.username, changed, "sample");
         if let Some((metrics, locate)) = &self.metrics {
@@ -306,5 +315,34 @@ mod tests {
         empty.body = None;
         assert_eq!(hub.accept(empty, &agent()), Err(Rejection::Empty));
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn a_server_reads_its_own_samples_one_per_source_in_source_order() {
+        use crate::proto::OsSummary;
+        let hub = Hub::default();
+        let t = now_ms();
+        let os = Sample {
+            server: "s1".into(),
+            source: Source::Os as i32,
+            observed_at_unix_ms: t,
+            body: Some(Body::Os(OsSummary::default())),
+        };
+        let anyone = Identity::unrestricted("test");
+        hub.accept(os.clone(), &anyone).unwrap();
+        hub.accept(bmc("s1", t, 5.0), &anyone).unwrap();
+        hub.accept(bmc("s10", t, 7.0), &anyone).unwrap();
+        hub.accept(bmc("s1", t + 1, 6.0), &anyone).unwrap();
+        let got = hub.latest("s1");
+        assert_eq!(got.len(), 2, "one per source, not the other server's");
+        assert_eq!(
+            got[0],
+            bmc("s1", t + 1, 6.0),
+            "Redfish first, the newest one"
+        );
+        assert_eq!(got[1], os);
+        assert_eq!(hub.len(), 3);
+        assert_eq!(hub.snapshot().len(), 3);
+        assert!(hub.latest("s2").is_empty());
     }
 }
