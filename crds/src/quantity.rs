@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 /// Why a quantity string was refused.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum QuantityError {
     #[error("quantity is empty")]
     Empty,

@@ -1,11 +1,12 @@
-//! Workloads held compressed in the operator's stores.
+//! Workloads and Servers held compressed in the operator's stores.
 //!
 //! A decoded ComputeInstance costs about 1.4 KB of heap in ~30 allocations (a 360-byte
 //! `ObjectMeta`, every string its own allocation); tens of thousands of them were the largest
 //! part of the operator's memory. A store holds each workload as its JSON compressed with LZ4
 //! against a dictionary of typical objects of its kind (field names, condition reasons and
-//! messages repeat from object to object), plus what fleet-wide scans read without decoding:
-//! name, namespace and where each replica is. A reconcile decodes the one object it works on.
+//! messages repeat from object to object), plus what fleet-wide scans read without decoding
+//! (the kind's brief): name, namespace and where each replica is; a Server's
+//! [`ServerFacts`]. A reconcile decodes the one object it works on.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -13,8 +14,8 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use kube::api::ObjectMeta;
-use kube::core::NamespaceResourceScope;
 use serde::de::DeserializeOwned;
+use sovereign_placement::from_crds::ServerFacts;
 
 /// Where one replica of a workload is, as its status says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,9 +25,9 @@ pub struct Spot {
     pub site: Box<str>,
 }
 
-/// A workload kind that can be held packed.
+/// A kind that can be held packed.
 pub trait Packable:
-    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    kube::Resource<DynamicType = ()>
     + serde::Serialize
     + DeserializeOwned
     + Clone
@@ -35,12 +36,24 @@ pub trait Packable:
     + Sync
     + 'static
 {
-    /// Where its replicas are (status).
-    fn spots(&self) -> Vec<Spot>;
+    /// What scans of the whole store read, kept decoded.
+    type Brief: Clone + fmt::Debug + Send + Sync + 'static;
+    fn brief(&self) -> Self::Brief;
     /// Typical objects of the kind: what compression matches new objects against.
     fn samples() -> Vec<serde_json::Value>;
     /// The kind's dictionary, built once from [`Packable::samples`].
     fn dictionary() -> &'static [u8];
+}
+
+/// A workload kind held packed: namespaced, its brief is where its replicas are.
+pub trait PackedWorkload:
+    Packable<Brief = Box<[Spot]>, Scope = kube::core::NamespaceResourceScope>
+{
+}
+
+impl<K> PackedWorkload for K where
+    K: Packable<Brief = Box<[Spot]>, Scope = kube::core::NamespaceResourceScope>
+{
 }
 
 /// Builds a dictionary from typical objects, serialised as `K` serialises (its field order).
@@ -74,12 +87,12 @@ pub enum PackError {
     },
 }
 
-/// A workload as a store holds it.
-pub struct Packed<K> {
+/// An object as a store holds it.
+pub struct Packed<K: Packable> {
     /// Name and namespace (the store's key, what triggers read) and resourceVersion (where
     /// the watch resumes from).
     meta: ObjectMeta,
-    spots: Box<[Spot]>,
+    brief: K::Brief,
     body: Box<[u8]>,
     kind: PhantomData<fn() -> K>,
 }
@@ -101,7 +114,7 @@ impl<K: Packable> Packed<K> {
                 resource_version: meta.resource_version.clone(),
                 ..ObjectMeta::default()
             },
-            spots: k.spots().into_boxed_slice(),
+            brief: k.brief(),
             body: body.into_boxed_slice(),
             kind: PhantomData,
         })
@@ -122,9 +135,9 @@ impl<K: Packable> Packed<K> {
         })
     }
 
-    /// Where its replicas are.
-    pub fn spots(&self) -> &[Spot] {
-        &self.spots
+    /// What scans read.
+    pub fn brief(&self) -> &K::Brief {
+        &self.brief
     }
 
     /// Bytes of compressed JSON held (for the memory bench).
@@ -133,11 +146,18 @@ impl<K: Packable> Packed<K> {
     }
 }
 
-impl<K> Clone for Packed<K> {
+impl<K: Packable<Brief = Box<[Spot]>>> Packed<K> {
+    /// Where a workload's replicas are.
+    pub fn spots(&self) -> &[Spot] {
+        &self.brief
+    }
+}
+
+impl<K: Packable> Clone for Packed<K> {
     fn clone(&self) -> Self {
         Self {
             meta: self.meta.clone(),
-            spots: self.spots.clone(),
+            brief: self.brief.clone(),
             body: self.body.clone(),
             kind: PhantomData,
         }
@@ -157,7 +177,7 @@ impl<K: Packable> fmt::Debug for Packed<K> {
 
 impl<K: Packable> kube::Resource for Packed<K> {
     type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+    type Scope = K::Scope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
         K::kind(dt)
@@ -192,7 +212,9 @@ fn dictionary_of<K: Packable>(cell: &'static OnceLock<Vec<u8>>) -> &'static [u8]
 }
 
 impl Packable for sovereign_crds::ComputeInstance {
-    fn spots(&self) -> Vec<Spot> {
+    type Brief = Box<[Spot]>;
+
+    fn brief(&self) -> Box<[Spot]> {
         self.status
             .iter()
             .flat_map(|s| &s.replicas)
@@ -215,7 +237,9 @@ impl Packable for sovereign_crds::ComputeInstance {
 }
 
 impl Packable for sovereign_crds::StorageVolume {
-    fn spots(&self) -> Vec<Spot> {
+    type Brief = Box<[Spot]>;
+
+    fn brief(&self) -> Box<[Spot]> {
         self.status
             .iter()
             .flat_map(|s| &s.replicas)
@@ -237,11 +261,32 @@ impl Packable for sovereign_crds::StorageVolume {
     }
 }
 
+/// A Server as the stores hold it.
+pub type PackedServer = Packed<sovereign_crds::Server>;
+
+/// Servers: the facts placement, the roll-ups and the triggers read stay decoded.
+impl Packable for sovereign_crds::Server {
+    type Brief = ServerFacts;
+
+    fn brief(&self) -> ServerFacts {
+        ServerFacts::of(self)
+    }
+
+    fn samples() -> Vec<serde_json::Value> {
+        super::packed_samples::servers()
+    }
+
+    fn dictionary() -> &'static [u8] {
+        static DICT: OnceLock<Vec<u8>> = OnceLock::new();
+        dictionary_of::<Self>(&DICT)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::Resource as _;
-    use sovereign_crds::{ComputeInstance, StorageVolume};
+    use sovereign_crds::{ComputeInstance, Server, StorageVolume};
 
     #[test]
     fn every_sample_decodes_and_round_trips_packed() {
@@ -255,6 +300,17 @@ mod tests {
             let v: StorageVolume = serde_json::from_value(s).unwrap();
             let p = Packed::pack(v.clone()).unwrap();
             assert_eq!(p.unpack().unwrap(), v);
+        }
+        for s in Server::samples() {
+            let v: Server = serde_json::from_value(s).unwrap();
+            let p = Packed::pack(v.clone()).unwrap();
+            assert_eq!(p.unpack().unwrap(), {
+                let mut v = v.clone();
+                v.metadata.annotations = None;
+                v
+            });
+            assert_eq!(p.brief(), &ServerFacts::of(&v));
+            assert!(p.packed_len() < serde_json::to_vec(&v).unwrap().len() / 2);
         }
     }
 
@@ -281,7 +337,7 @@ mod tests {
         let back = p.unpack().unwrap();
         assert_eq!(back.metadata.annotations, None);
         assert_eq!(back.metadata.resource_version, c.metadata.resource_version);
-        assert_eq!(p.spots(), c.spots().as_slice());
+        assert_eq!(p.spots(), &*c.brief());
         assert!(!p.spots().is_empty());
     }
 }

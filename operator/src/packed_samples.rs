@@ -95,3 +95,69 @@ pub fn volumes() -> Vec<Value> {
                 "placedAt": "2026-11-29T20:29:24Z", "conditions": conditions}}),
     ]
 }
+
+/// Servers as the status controller writes them: a rack server with drives and a GPU server.
+pub fn servers() -> Vec<Value> {
+    let observed = |source: &str| json!({"observedAt": "2026-11-29T20:29:24Z", "source": source});
+    let ok = |name: &str| json!({"name": name, "health": "OK"});
+    let server = |name: &str, gpus: u32, drives: Vec<Value>| {
+        json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
+        "metadata": {"name": name, "uid": "3f1d0e52-8c4b-4d7e-9a57-1b2f63a4c9d8",
+            "resourceVersion": "48213", "generation": 1,
+            "creationTimestamp": "2026-11-29T20:29:23Z",
+            "labels": {"sovereign.io/rack": "site-r10", "sovereign.io/site": "site"}},
+        "spec": {"rack": "site-r10", "nodeName": "site-node-206",
+            "bmc": {"address": "https://10.20.10.6", "credentialsSecretRef":
+                {"name": "bmc-site-r10-s6", "namespace": "sovereign-system"},
+                "insecureSkipVerify": false, "pollIntervalSeconds": 30},
+            "maintenance": false,
+            "capacity": {"cpu": "128", "memory": "1Ti", "gpus": gpus,
+                "storage": {"nvme": "15Ti", "ssd": "7680Gi"}},
+            "reserved": {"cpu": "4", "memory": "16Gi"}},
+        "status": {
+            "inventory": {"manufacturer": "Dell Inc.", "model": "PowerEdge R760",
+                "serialNumber": "CN7016BS1D0042", "biosVersion": "2.3.5",
+                "bmcFirmwareVersion": "7.10.30.00", "processorModel":
+                "Intel(R) Xeon(R) Platinum 8480+", "processorCount": 2,
+                "logicalProcessors": 224, "memory": "1Ti", "networkInterfaces": 4,
+                "gpus": gpus, "observed": observed("redfish")},
+            "power": {"state": "On", "consumedWatts": 412,
+                "supplies": [ok("PSU1"), ok("PSU2")], "observed": observed("redfish")},
+            "thermal": {"inletCelsius": 23.5, "cpuMaxCelsius": 61.0, "fanCount": 6,
+                "fans": [ok("Fan1"), ok("Fan2"), ok("Fan3")], "observed": observed("redfish")},
+            "drives": drives,
+            "security": {"intrusion": "Normal", "observed": observed("redfish")},
+            "os": {"kernel": "6.1.0-27-amd64", "osVersion": "Debian GNU/Linux 12 (bookworm)",
+                "uptimeSeconds": 864_000, "cpuUsagePercent": 12.5, "memoryUsed": "96Gi",
+                "observed": observed("os")},
+            "health": "OK",
+            "capacity": {"cpu": "128", "memory": "1Ti", "gpus": gpus,
+                "storage": {"nvme": "15Ti", "ssd": "7680Gi"}},
+            "allocated": {"cpu": "24", "memory": "96Gi", "storage": {"nvme": "2Ti"}},
+            "lastSeen": "2026-11-29T20:29:24Z",
+            "conditions": [
+                condition("Reachable", "True", "Responding", "the BMC answered"),
+                condition("Ready", "True", "HealthOK", "hardware health is OK"),
+                condition("Schedulable", "True", "Schedulable", "accepts new replicas"),
+                condition("Schedulable", "False", "TelemetryStale",
+                    "no telemetry for 320 s (stale after 300 s)"),
+                condition("Reachable", "False", "BmcUnreachable",
+                    "connection refused"),
+            ]}})
+    };
+    let drive = |id: &str, tier: &str, capacity: &str| {
+        json!({"id": id, "tier": tier, "capacity": capacity, "health": "OK",
+            "lifeLeftPercent": 97, "failurePredicted": false, "encryptionCapable": true})
+    };
+    vec![
+        server(
+            "site-r10-s6",
+            0,
+            vec![
+                drive("Disk.Bay.0", "nvme", "7680Gi"),
+                drive("Disk.Bay.1", "ssd", "3840Gi"),
+            ],
+        ),
+        server("site-r11-s1", 8, vec![drive("NVMe.0", "nvme", "3840Gi")]),
+    ]
+}

@@ -19,7 +19,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use sovereign_crds::{ComputeInstance, Rack, Server, Site, StorageVolume, Tenant};
+use sovereign_crds::{ComputeInstance, Rack, Site, StorageVolume, Tenant};
 use sovereign_telemetry::cluster::{Watched, mirror, shared_mirror_observed};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
@@ -32,7 +32,7 @@ use crate::controller::{
     tenants,
 };
 use crate::node_taints::NodeTaints;
-use crate::packed::{Packable, Packed};
+use crate::packed::{Packed, PackedServer, PackedWorkload};
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
 use sovereign_placement::from_crds;
 
@@ -107,7 +107,7 @@ where
 /// The ledger's view of a workload watch: deletions give capacity back, re-lists rebuild. A
 /// deleted workload's namespace goes to `gone`: its tenant's usage changed, and the shared
 /// watch's subscriptions carry no deletions.
-fn ledger_follows<K: Packable>(
+fn ledger_follows<K: PackedWorkload>(
     ledger: &Arc<Ledger>,
     gone: &tokio::sync::mpsc::UnboundedSender<String>,
 ) -> impl FnMut(&watcher::Event<Packed<K>>) + Send + 'static {
@@ -184,19 +184,19 @@ pub struct RunOptions {
 /// node's name).
 fn hub_triggers(
     hub: &Hub,
-    servers: Store<Server>,
-) -> impl Stream<Item = ObjectRef<Server>> + Send + 'static {
+    servers: Store<PackedServer>,
+) -> impl Stream<Item = ObjectRef<PackedServer>> + Send + 'static {
     let rx = hub.subscribe();
     futures::stream::unfold((rx, servers), |(mut rx, servers)| async move {
         loop {
             match rx.recv().await {
                 Ok(name) => {
-                    let direct = ObjectRef::<Server>::new(&name);
+                    let direct = ObjectRef::<PackedServer>::new(&name);
                     let target = if servers.get(&direct).is_some() {
                         Some(direct)
                     } else {
                         servers
-                            .find(|s| s.spec.node_name.as_deref() == Some(name.as_str()))
+                            .find(|s| s.brief().node.as_deref() == Some(name.as_str()))
                             .map(|s| ObjectRef::from(s.as_ref()))
                     };
                     if let Some(t) = target {
@@ -363,22 +363,17 @@ fn lean<K: Watched>(events: ReflectHandle<K>, store: Store<K>) -> Controller<K> 
 }
 
 /// Workloads with a replica on a server (to re-place them when it fails).
-fn on_server<K: Packable>(
+fn on_server<K: PackedWorkload>(
     store: &Store<Packed<K>>,
-    servers: &Store<Server>,
-    server: &Server,
+    servers: &Store<PackedServer>,
+    server: &PackedServer,
 ) -> Vec<ObjectRef<Packed<K>>> {
-    let name = server.metadata.name.as_deref().unwrap_or_default();
+    let name = server.meta().name.as_deref().unwrap_or_default();
     // Only a server replicas must leave concerns its workloads: unschedulable, or gone from
     // the store (deleted). Every other status write (heartbeats, the allocation the ledger
     // publishes on each placement) would wake all its workloads for nothing, and each mapping
     // scans every workload.
-    let schedulable = server
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Schedulable"))
-        .is_some_and(|c| c.status == sovereign_crds::ConditionStatus::True);
-    if schedulable && servers.get(&ObjectRef::from(server)).is_some() {
+    if server.brief().schedulable() && servers.get(&ObjectRef::from(server)).is_some() {
         return Vec::new();
     }
     store
@@ -391,10 +386,10 @@ fn on_server<K: Packable>(
 
 /// A workload controller (StorageVolume or ComputeInstance): its own events, the children it
 /// owns, a Server replicas must leave, and a Tenant whose policy changed.
-fn workload_controller<K: Packable>(
+fn workload_controller<K: PackedWorkload>(
     (store, events): (Store<Packed<K>>, ReflectHandle<Packed<K>>),
     children: impl FnOnce(Controller<Packed<K>>) -> Controller<Packed<K>>,
-    (servers, server_events): (Store<Server>, ReflectHandle<Server>),
+    (servers, server_events): (Store<PackedServer>, ReflectHandle<PackedServer>),
     (namespaces, tenant_events): (Store<Namespace>, ReflectHandle<Tenant>),
     config: kube::runtime::controller::Config,
     lease_rx: Option<watch::Receiver<bool>>,
@@ -404,7 +399,7 @@ fn workload_controller<K: Packable>(
     let on_tenants = store.clone();
     let policy = PolicyChanges::default();
     children(lean(events, store).with_config(config))
-        .watches_shared_stream(server_events, move |s: Arc<Server>| {
+        .watches_shared_stream(server_events, move |s: Arc<PackedServer>| {
             on_server(&on_servers, &servers, &s)
         })
         // A tenant's classification raised or residency narrowed: its replicas are re-checked.
@@ -581,7 +576,7 @@ pub async fn run(
             servers_to_volumes,
             servers_to_instances,
         ],
-    ) = inventory::<Server, 5>(&client, "Server", &ledger)?;
+    ) = inventory::<PackedServer, 5>(&client, "Server", &ledger)?;
     let (racks, [rack_events, racks_to_sites]) = inventory::<Rack, 2>(&client, "Rack", &ledger)?;
     let front = Front::start_with(
         client.clone(),
@@ -668,8 +663,8 @@ pub async fn run(
         .for_each(|_| async {});
     let rack_controller = Controller::for_shared_stream(rack_events, racks.clone())
         .with_config(config.clone())
-        .watches_shared_stream(servers_to_racks, |s: Arc<Server>| {
-            Some(ObjectRef::new(&s.spec.rack))
+        .watches_shared_stream(servers_to_racks, |s: Arc<PackedServer>| {
+            Some(ObjectRef::new(&s.brief().rack))
         })
         .reconcile_all_on(on_leadership(lease_rx.clone()))
         .graceful_shutdown_on(shutdown_signal())
@@ -685,9 +680,9 @@ pub async fn run(
         .watches_shared_stream(racks_to_sites, |r: Arc<Rack>| {
             Some(ObjectRef::new(&r.spec.site))
         })
-        .watches_shared_stream(servers_to_sites, move |s: Arc<Server>| {
+        .watches_shared_stream(servers_to_sites, move |s: Arc<PackedServer>| {
             site_racks
-                .get(&ObjectRef::new(&s.spec.rack))
+                .get(&ObjectRef::new(&s.brief().rack))
                 .map(|r| ObjectRef::new(&r.spec.site))
         })
         .reconcile_all_on(on_leadership(lease_rx.clone()))
@@ -857,8 +852,8 @@ mod tests {
         assert_eq!(store.state()[0].spec.rack, "r2");
     }
 
-    fn server(name: &str, schedulable: &str) -> Server {
-        serde_json::from_value(json!({
+    fn server(name: &str, schedulable: &str) -> super::PackedServer {
+        let s: sovereign_crds::Server = serde_json::from_value(json!({
             "apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
             "metadata": {"name": name},
             "spec": {"rack": "r1", "bmc": {"address": "https://10.0.0.1",
@@ -866,7 +861,8 @@ mod tests {
             "status": {"conditions": [{"type": "Schedulable", "status": schedulable, "reason": "X",
                 "message": "", "lastTransitionTime": "2026-11-29T00:00:00Z"}]}
         }))
-        .unwrap()
+        .unwrap();
+        crate::packed::Packed::pack(s).unwrap()
     }
 
     #[test]
@@ -882,7 +878,7 @@ mod tests {
             }))
             .unwrap(),
         ));
-        let (servers, mut sw) = reflector::store::<Server>();
+        let (servers, mut sw) = reflector::store::<super::PackedServer>();
         let fine = server("s1", "True");
         sw.apply_watcher_event(&Event::Apply(fine.clone()));
         // A heartbeat or an allocation update of a schedulable server: nothing to do.

@@ -11,7 +11,9 @@ use kube::ResourceExt as _;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use sovereign_crds::{Rack, Server};
+use sovereign_crds::Rack;
+
+use crate::packed::PackedServer;
 use sovereign_telemetry::cluster::mirror;
 use sovereign_telemetry::export::{self, Otlp, OtlpConfig};
 use sovereign_telemetry::metrics::{Metrics, Placement};
@@ -79,7 +81,7 @@ impl TelemetryOptions {
 /// Server → rack → site, from the watched inventory.
 #[derive(Clone)]
 pub struct Locator {
-    servers: Store<Server>,
+    servers: Store<PackedServer>,
     racks: Store<Rack>,
 }
 
@@ -93,7 +95,7 @@ impl std::fmt::Debug for Locator {
 }
 
 impl Locator {
-    pub fn new(servers: Store<Server>, racks: Store<Rack>) -> Self {
+    pub fn new(servers: Store<PackedServer>, racks: Store<Rack>) -> Self {
         Self { servers, racks }
     }
 
@@ -114,7 +116,7 @@ impl Locator {
     pub fn placement(&self, name: &str) -> Placement {
         let server = self.servers.get(&ObjectRef::new(name)).or_else(|| {
             self.servers
-                .find(|s| s.spec.node_name.as_deref() == Some(name))
+                .find(|s| s.brief().node.as_deref() == Some(name))
         });
         let Some(server) = server else {
             return Placement {
@@ -123,7 +125,7 @@ impl Locator {
                 site: String::new(),
             };
         };
-        let rack = server.spec.rack.clone();
+        let rack = server.brief().rack.to_string();
         let site = self
             .racks
             .get(&ObjectRef::new(&rack))
@@ -176,7 +178,7 @@ impl Front {
     /// for their first list before it takes samples.
     pub fn start(client: kube::Client, options: TelemetryOptions) -> Result<Self, TelemetryError> {
         let servers = mirror(
-            Api::<Server>::all(client.clone()),
+            Api::<PackedServer>::all(client.clone()),
             watcher::Config::default(),
             "Server",
         );
@@ -193,7 +195,7 @@ impl Front {
     pub fn start_with(
         client: kube::Client,
         options: TelemetryOptions,
-        servers: Store<Server>,
+        servers: Store<PackedServer>,
         racks: Store<Rack>,
     ) -> Result<Self, TelemetryError> {
         options.validate()?;
@@ -303,7 +305,9 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::Packed;
     use kube::runtime::watcher::Event;
+    use sovereign_crds::Server;
 
     fn server(name: &str, rack: &str, node: Option<&str>) -> Server {
         let mut s: Server = serde_json::from_value(serde_json::json!({
@@ -338,11 +342,9 @@ mod tests {
     fn samples_are_placed_by_server_or_node_name() {
         let (servers, mut sw) = kube::runtime::reflector::store();
         let (racks, mut rw) = kube::runtime::reflector::store();
-        sw.apply_watcher_event(&Event::Apply(server(
-            "hn1-r01-s01",
-            "hn1-r01",
-            Some("worker-7"),
-        )));
+        sw.apply_watcher_event(&Event::Apply(
+            Packed::pack(server("hn1-r01-s01", "hn1-r01", Some("worker-7"))).unwrap(),
+        ));
         rw.apply_watcher_event(&Event::Apply(rack("hn1-r01", "hn1")));
         let locator = Locator::new(servers, racks);
         let want = Placement {

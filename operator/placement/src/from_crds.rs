@@ -86,50 +86,140 @@ mod kube_meta {
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 }
 
-/// Health verdict of one server: None when it may receive replicas.
-pub fn server_health(server: &Server, policy: &HealthPolicy) -> Option<Unhealthy> {
-    if server.spec.maintenance {
-        return Some(Unhealthy::Maintenance);
-    }
-    let Some(status) = &server.status else {
-        return (!policy.assume_healthy_without_telemetry).then_some(Unhealthy::TelemetryStale);
-    };
-    if status.security.as_ref().is_some_and(|s| {
-        s.intrusion != IntrusionState::Normal && s.intrusion != IntrusionState::Unknown
-    }) {
-        return Some(Unhealthy::IntrusionDetected);
-    }
-    let condition = |t: &str| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == t)
-            .map(|c| c.status)
-    };
-    if condition("Reachable") == Some(ConditionStatus::False) {
-        return Some(Unhealthy::BmcUnreachable);
-    }
-    match &status.last_seen {
-        Some(t) if policy.now_unix - t.0.as_second() > policy.stale_after_seconds => {
-            return Some(Unhealthy::TelemetryStale);
-        }
-        None if !policy.assume_healthy_without_telemetry => return Some(Unhealthy::TelemetryStale),
-        _ => {}
-    }
-    if status.health == Health::Critical {
-        return Some(Unhealthy::HealthCritical);
-    }
-    if condition("Ready") == Some(ConditionStatus::False) {
-        return Some(Unhealthy::NotReady);
-    }
-    None
+/// What placement and the roll-ups read of a Server: a few dozen bytes where the decoded
+/// object is ~3 KB. A fleet of decoded Servers was the operator's largest store; it holds
+/// these and the objects packed (decoding only the one a reconcile works on).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerFacts {
+    pub rack: Box<str>,
+    pub node: Option<Box<str>>,
+    pub maintenance: bool,
+    /// Measured capacity, else declared (None: neither is given).
+    pub capacity: Option<Result<Resources, QuantityError>>,
+    pub reserved: Option<Result<Resources, QuantityError>>,
+    /// What the ledger last wrote as allocated (unparsable counts as none).
+    pub allocated: Option<Resources>,
+    /// None: no telemetry status yet.
+    pub status: Option<StatusFacts>,
 }
 
-fn encryption_capable(server: &Server, policy: &HealthPolicy) -> bool {
-    match &server.status {
-        Some(st) if !st.drives.is_empty() => st.drives.iter().any(|d| d.encryption_capable),
-        _ => policy.assume_healthy_without_telemetry,
+/// The parts of a Server's status that placement and the roll-ups judge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusFacts {
+    pub intrusion: bool,
+    /// Condition `Reachable` is False.
+    pub unreachable: bool,
+    /// Condition `Ready` is False.
+    pub not_ready: bool,
+    /// Condition `Schedulable` is True.
+    pub schedulable: bool,
+    /// Condition `Schedulable` is False: its reason (why replicas must leave).
+    pub unschedulable: Option<Box<str>>,
+    pub critical: bool,
+    /// `lastSeen`, Unix seconds.
+    pub last_seen: Option<i64>,
+    /// Whether any drive can encrypt; None when no drive is reported.
+    pub encryption_capable: Option<bool>,
+    pub consumed_watts: Option<u32>,
+    pub inlet_celsius: Option<f64>,
+}
+
+impl ServerFacts {
+    pub fn of(server: &Server) -> Self {
+        let condition = |t: &str| {
+            server
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == t))
+                .map(|c| c.status)
+        };
+        Self {
+            rack: server.spec.rack.as_str().into(),
+            node: server.spec.node_name.as_deref().map(Into::into),
+            maintenance: server.spec.maintenance,
+            capacity: server
+                .status
+                .as_ref()
+                .and_then(|st| st.capacity.as_ref())
+                .or(server.spec.capacity.as_ref())
+                .map(Resources::from_set),
+            reserved: server.spec.reserved.as_ref().map(Resources::from_set),
+            allocated: server
+                .status
+                .as_ref()
+                .and_then(|st| st.allocated.as_ref())
+                .and_then(|a| Resources::from_set(a).ok()),
+            status: server.status.as_ref().map(|st| StatusFacts {
+                intrusion: st.security.as_ref().is_some_and(|s| {
+                    s.intrusion != IntrusionState::Normal && s.intrusion != IntrusionState::Unknown
+                }),
+                unreachable: condition("Reachable") == Some(ConditionStatus::False),
+                not_ready: condition("Ready") == Some(ConditionStatus::False),
+                schedulable: condition("Schedulable") == Some(ConditionStatus::True),
+                unschedulable: st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Schedulable")
+                    .filter(|c| c.status == ConditionStatus::False)
+                    .map(|c| c.reason.as_str().into()),
+                critical: st.health == Health::Critical,
+                last_seen: st.last_seen.as_ref().map(|t| t.0.as_second()),
+                encryption_capable: (!st.drives.is_empty())
+                    .then(|| st.drives.iter().any(|d| d.encryption_capable)),
+                consumed_watts: st.power.as_ref().and_then(|p| p.consumed_watts),
+                inlet_celsius: st.thermal.as_ref().and_then(|t| t.inlet_celsius),
+            }),
+        }
     }
+
+    /// Health verdict: None when it may receive replicas.
+    pub fn unhealthy(&self, policy: &HealthPolicy) -> Option<Unhealthy> {
+        if self.maintenance {
+            return Some(Unhealthy::Maintenance);
+        }
+        let Some(status) = &self.status else {
+            return (!policy.assume_healthy_without_telemetry).then_some(Unhealthy::TelemetryStale);
+        };
+        if status.intrusion {
+            return Some(Unhealthy::IntrusionDetected);
+        }
+        if status.unreachable {
+            return Some(Unhealthy::BmcUnreachable);
+        }
+        match status.last_seen {
+            Some(t) if policy.now_unix - t > policy.stale_after_seconds => {
+                return Some(Unhealthy::TelemetryStale);
+            }
+            None if !policy.assume_healthy_without_telemetry => {
+                return Some(Unhealthy::TelemetryStale);
+            }
+            _ => {}
+        }
+        if status.critical {
+            return Some(Unhealthy::HealthCritical);
+        }
+        if status.not_ready {
+            return Some(Unhealthy::NotReady);
+        }
+        None
+    }
+
+    fn encryption_capable(&self, policy: &HealthPolicy) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.encryption_capable)
+            .unwrap_or(policy.assume_healthy_without_telemetry)
+    }
+
+    /// Condition `Schedulable` is True (what the roll-ups count as ready).
+    pub fn schedulable(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.schedulable)
+    }
+}
+
+/// Health verdict of one server: None when it may receive replicas.
+pub fn server_health(server: &Server, policy: &HealthPolicy) -> Option<Unhealthy> {
+    ServerFacts::of(server).unhealthy(policy)
 }
 
 /// Builds the inventory from Sites, Racks and Servers.
@@ -138,6 +228,28 @@ pub fn inventory(
     sites: &[impl Borrow<Site>],
     racks: &[impl Borrow<Rack>],
     servers: &[impl Borrow<Server>],
+    capacity: &CapacityPolicy,
+    health: &HealthPolicy,
+) -> Result<Inventory, ConvertError> {
+    let facts: Vec<(String, ServerFacts)> = servers
+        .iter()
+        .map(Borrow::borrow)
+        .map(|s: &Server| (name(&s.metadata), ServerFacts::of(s)))
+        .collect();
+    inventory_of(
+        sites,
+        racks,
+        facts.iter().map(|(n, f)| (n.as_str(), f)),
+        capacity,
+        health,
+    )
+}
+
+/// [`inventory`] from the servers' names and facts.
+pub fn inventory_of<'a>(
+    sites: &[impl Borrow<Site>],
+    racks: &[impl Borrow<Rack>],
+    servers: impl Iterator<Item = (&'a str, &'a ServerFacts)>,
     capacity: &CapacityPolicy,
     health: &HealthPolicy,
 ) -> Result<Inventory, ConvertError> {
@@ -165,33 +277,23 @@ pub fn inventory(
         })
         .collect();
     let servers = servers
-        .iter()
-        .map(Borrow::borrow)
-        .map(|s: &Server| {
-            let object = format!("Server {}", name(&s.metadata));
-            // Measured capacity wins over the asset register's declaration.
-            let total = s
-                .status
-                .as_ref()
-                .and_then(|st| st.capacity.as_ref())
-                .or(s.spec.capacity.as_ref())
-                .map(|set| resources(&object, set))
-                .transpose()?
-                .unwrap_or_default();
-            let reserved = s
-                .spec
-                .reserved
-                .as_ref()
-                .map(|set| resources(&object, set))
-                .transpose()?
-                .unwrap_or_default();
+        .map(|(name, s)| {
+            let parsed = |set: &Option<Result<Resources, QuantityError>>| {
+                set.clone()
+                    .transpose()
+                    .map_err(|source| ConvertError::Quantity {
+                        object: format!("Server {name}"),
+                        source,
+                    })
+                    .map(Option::unwrap_or_default)
+            };
             Ok(ServerInput {
-                name: name(&s.metadata),
-                rack: s.spec.rack.clone(),
-                node: s.spec.node_name.clone(),
-                capacity: capacity.schedulable(&total, &reserved),
-                unhealthy: server_health(s, health),
-                encryption_capable: encryption_capable(s, health),
+                name: name.to_owned(),
+                rack: s.rack.as_ref().to_owned(),
+                node: s.node.as_deref().map(str::to_owned),
+                capacity: capacity.schedulable(&parsed(&s.capacity)?, &parsed(&s.reserved)?),
+                unhealthy: s.unhealthy(health),
+                encryption_capable: s.encryption_capable(health),
             })
         })
         .collect::<Result<_, ConvertError>>()?;
@@ -423,6 +525,50 @@ mod tests {
             reason: "Test".into(),
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn facts_keep_what_placement_and_roll_ups_read() {
+        let mut declared = server(None);
+        declared.spec.capacity = Some(ResourceSet {
+            cpu: Some(sovereign_crds::Quantity("16".into())),
+            ..ResourceSet::default()
+        });
+        declared.spec.node_name = Some("node-1".into());
+        let f = ServerFacts::of(&declared);
+        assert_eq!((&*f.rack, f.node.as_deref()), ("r1", Some("node-1")));
+        assert_eq!(
+            f.capacity,
+            Some(Ok(Resources::ZERO.with(Class::Cpu, 16_000))),
+            "declared capacity without a measured one"
+        );
+        assert!(!f.schedulable() && f.status.is_none());
+
+        let mut measured = fresh();
+        measured.capacity = Some(ResourceSet {
+            cpu: Some(sovereign_crds::Quantity("64".into())),
+            ..ResourceSet::default()
+        });
+        measured.allocated = Some(ResourceSet {
+            cpu: Some(sovereign_crds::Quantity("not a number".into())),
+            ..ResourceSet::default()
+        });
+        measured
+            .conditions
+            .push(condition("Schedulable", ConditionStatus::False));
+        declared.status = Some(measured);
+        let f = ServerFacts::of(&declared);
+        assert_eq!(
+            f.capacity,
+            Some(Ok(Resources::ZERO.with(Class::Cpu, 64_000))),
+            "measured wins"
+        );
+        assert_eq!(f.allocated, None, "an unparsable allocation counts as none");
+        let st = f.status.as_ref().unwrap();
+        assert_eq!(st.unschedulable.as_deref(), Some("Test"), "the reason");
+        assert!(!f.schedulable());
+        assert_eq!(st.encryption_capable, None, "no drive reported");
+        assert!(f.encryption_capable(&policy(true)) && !f.encryption_capable(&policy(false)));
     }
 
     #[test]

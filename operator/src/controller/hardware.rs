@@ -19,6 +19,8 @@ use super::conditions::Transition;
 use super::server_status::{self, Observed, TAINT_KEY, Taint};
 use super::{Context, Error, WrittenStatus, rollup};
 use crate::FIELD_MANAGER;
+use crate::packed::PackedServer;
+use sovereign_placement::from_crds::ServerFacts;
 
 /// Server-side applies `status` to the status subresource of a cluster-scoped object.
 async fn patch_status<K, S>(ctx: &Context, kind: &str, name: &str, status: &S) -> Result<(), Error>
@@ -139,8 +141,12 @@ async fn ensure_taint(
 }
 
 /// Server: status from the hub's newest samples, Node taint, Events.
-pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile_server(
+    packed: Arc<PackedServer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let mut guard = ctx.metrics.start("server");
+    let server = Arc::new(packed.unpack()?);
     let name = server.metadata.name.clone().ok_or(Error::NoName)?;
     let bmc = ctx
         .hub
@@ -202,10 +208,10 @@ pub async fn reconcile_rack(rack: Arc<Rack>, ctx: Arc<Context>) -> Result<Action
     let mut guard = ctx.metrics.start("rack");
     let name = rack.metadata.name.clone().ok_or(Error::NoName)?;
     let servers = ctx.servers.state();
-    let members: Vec<&Server> = servers
+    let members: Vec<&ServerFacts> = servers
         .iter()
-        .filter(|s| s.spec.rack == name)
-        .map(AsRef::as_ref)
+        .map(|s| s.brief())
+        .filter(|s| *s.rack == *name)
         .collect();
     let version = rack.metadata.resource_version.clone();
     let rack = with_written(rack, &ctx.written_racks, |r| &mut r.status);
@@ -272,14 +278,14 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
         .map(AsRef::as_ref)
         .collect();
     let servers = ctx.servers.state();
-    let members: Vec<&Server> = servers
+    let members: Vec<&ServerFacts> = servers
         .iter()
+        .map(|s| s.brief())
         .filter(|s| {
             racks
                 .iter()
-                .any(|r| r.metadata.name.as_deref() == Some(s.spec.rack.as_str()))
+                .any(|r| r.metadata.name.as_deref() == Some(&*s.rack))
         })
-        .map(AsRef::as_ref)
         .collect();
     let version = site.metadata.resource_version.clone();
     let site = with_written(site, &ctx.written_sites, |s| &mut s.status);

@@ -244,10 +244,13 @@ impl Ledger {
             stale_after_seconds: self.options.stale_after_seconds,
             assume_healthy_without_telemetry: false,
         };
-        let inventory = from_crds::inventory(
+        let inventory = from_crds::inventory_of(
             &ctx.sites.state(),
             &ctx.racks.state(),
-            &ctx.servers.state(),
+            ctx.servers
+                .state()
+                .iter()
+                .map(|s| (s.meta().name.as_deref().unwrap_or_default(), s.brief())),
             &self.options.capacity,
             &health,
         )

@@ -24,7 +24,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use sovereign_crds::{Rack, Server, Site};
+use sovereign_crds::{Rack, Site};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 
@@ -187,7 +187,7 @@ impl Leadership {
 pub struct Context {
     pub client: kube::Client,
     pub hub: Arc<Hub>,
-    pub servers: Store<Server>,
+    pub servers: Store<crate::packed::PackedServer>,
     pub racks: Store<Rack>,
     pub sites: Store<Site>,
     pub nodes: Store<crate::node_taints::NodeTaints>,

@@ -4,8 +4,9 @@
 //! something meaningful changed (same thresholds as servers).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use sovereign_crds::{ConditionStatus, Rack, RackStatus, ResourceSet, Server, Site, SiteStatus};
+use sovereign_crds::{ConditionStatus, Rack, RackStatus, ResourceSet, Site, SiteStatus};
 use sovereign_placement::Resources;
+use sovereign_placement::from_crds::ServerFacts;
 
 use super::conditions::{self, Desired, Transition};
 use super::server_status::StatusPolicy;
@@ -18,25 +19,20 @@ pub struct Rollup<S> {
     pub transitions: Vec<Transition>,
 }
 
-fn is_schedulable(s: &Server) -> bool {
-    s.status.as_ref().is_some_and(|st| {
-        conditions::find(&st.conditions, "Schedulable")
-            .is_some_and(|c| c.status == ConditionStatus::True)
-    })
+fn is_schedulable(s: &ServerFacts) -> bool {
+    s.schedulable()
 }
 
 /// Capacity a server offers: measured, else declared; unparsable sets count as nothing (the
 /// API server's pattern makes that rare).
-fn server_capacity(s: &Server) -> Resources {
-    s.status
-        .as_ref()
-        .and_then(|st| st.capacity.as_ref())
-        .or(s.spec.capacity.as_ref())
-        .and_then(|set| Resources::from_set(set).ok())
-        .unwrap_or(Resources::ZERO)
+fn server_capacity(s: &ServerFacts) -> Resources {
+    match &s.capacity {
+        Some(Ok(r)) => *r,
+        _ => Resources::ZERO,
+    }
 }
 
-fn capacity_of<'a>(servers: impl Iterator<Item = &'a Server>) -> Option<ResourceSet> {
+fn capacity_of<'a>(servers: impl Iterator<Item = &'a ServerFacts>) -> Option<ResourceSet> {
     let sum = servers
         .filter(|s| is_schedulable(s))
         .fold(Resources::ZERO, |acc, s| acc.plus(&server_capacity(s)));
@@ -44,23 +40,22 @@ fn capacity_of<'a>(servers: impl Iterator<Item = &'a Server>) -> Option<Resource
 }
 
 /// What the ledger allocated on these servers (each server's `status.allocated`).
-fn allocated_of<'a>(servers: impl Iterator<Item = &'a Server>) -> Option<ResourceSet> {
+fn allocated_of<'a>(servers: impl Iterator<Item = &'a ServerFacts>) -> Option<ResourceSet> {
     let sum = servers
-        .filter_map(|s| s.status.as_ref()?.allocated.as_ref())
-        .filter_map(|a| Resources::from_set(a).ok())
-        .fold(Resources::ZERO, |acc, r| acc.plus(&r));
+        .filter_map(|s| s.allocated.as_ref())
+        .fold(Resources::ZERO, |acc, r| acc.plus(r));
     (!sum.is_zero()).then(|| sum.to_set())
 }
 
-fn power_and_inlet(servers: &[&Server]) -> (Option<u32>, Option<f64>) {
+fn power_and_inlet(servers: &[&ServerFacts]) -> (Option<u32>, Option<f64>) {
     let mut watts: Option<u32> = None;
     let mut inlet: Option<f64> = None;
     for s in servers {
         let Some(st) = &s.status else { continue };
-        if let Some(w) = st.power.as_ref().and_then(|p| p.consumed_watts) {
+        if let Some(w) = st.consumed_watts {
             watts = Some(watts.unwrap_or(0).saturating_add(w));
         }
-        if let Some(t) = st.thermal.as_ref().and_then(|t| t.inlet_celsius) {
+        if let Some(t) = st.inlet_celsius {
             inlet = Some(inlet.map_or(t, |i: f64| i.max(t)));
         }
     }
@@ -169,7 +164,7 @@ pub const ALLOCATION_CHANGED: &str = "allocation changed";
 /// The status of `rack` from its servers (those whose `spec.rack` names it).
 pub fn rack(
     rack: &Rack,
-    servers: &[&Server],
+    servers: &[&ServerFacts],
     policy: &StatusPolicy,
     now: &Time,
 ) -> Rollup<RackStatus> {
@@ -215,7 +210,12 @@ pub fn rack(
 }
 
 /// The status of `site` from its racks and their servers.
-pub fn site(site: &Site, racks: &[&Rack], servers: &[&Server], now: &Time) -> Rollup<SiteStatus> {
+pub fn site(
+    site: &Site,
+    racks: &[&Rack],
+    servers: &[&ServerFacts],
+    now: &Time,
+) -> Rollup<SiteStatus> {
     use ConditionStatus::{False, True, Unknown};
     let stored = site.status.clone().unwrap_or_default();
     let ready = servers.iter().filter(|s| is_schedulable(s)).count();
@@ -323,8 +323,8 @@ pub fn site(site: &Site, racks: &[&Rack], servers: &[&Server], now: &Time) -> Ro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sovereign_crds::Condition;
     use sovereign_crds::server::{PowerStatus, ThermalStatus};
+    use sovereign_crds::{Condition, Server};
 
     fn rack_obj(budget: u32) -> Rack {
         serde_json::from_value(serde_json::json!({
@@ -335,7 +335,7 @@ mod tests {
         .unwrap()
     }
 
-    fn server(watts: u32, inlet: f64, schedulable: bool) -> Server {
+    fn server(watts: u32, inlet: f64, schedulable: bool) -> ServerFacts {
         let mut s: Server = serde_json::from_value(serde_json::json!({
             "apiVersion": "sovereign.io/v1alpha1", "kind": "Server",
             "metadata": {"name": "s"},
@@ -367,7 +367,7 @@ mod tests {
             }],
             ..sovereign_crds::ServerStatus::default()
         });
-        s
+        ServerFacts::of(&s)
     }
 
     fn now() -> Time {
@@ -438,17 +438,12 @@ mod tests {
         let mut stored = rack_obj(5_000);
         stored.status = Some(rack(&stored, &[&a], &StatusPolicy::default(), &now()).status);
         let mut busy = a.clone();
-        if let Some(st) = busy.status.as_mut() {
-            st.allocated = Some(sovereign_crds::ResourceSet {
-                cpu: Some(sovereign_crds::Quantity("4".into())),
-                ..Default::default()
-            });
-        }
+        busy.allocated = Some(Resources::ZERO.with(sovereign_placement::Class::Cpu, 4_000));
         let r = rack(&stored, &[&busy], &StatusPolicy::default(), &now());
         assert_eq!(r.write, Some(ALLOCATION_CHANGED));
         let mut hot = busy.clone();
-        if let Some(p) = hot.status.as_mut().and_then(|s| s.power.as_mut()) {
-            p.consumed_watts = Some(1_500);
+        if let Some(st) = hot.status.as_mut() {
+            st.consumed_watts = Some(1_500);
         }
         let r = rack(&stored, &[&hot], &StatusPolicy::default(), &now());
         assert_eq!(r.write, Some("power moved"));

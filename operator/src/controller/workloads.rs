@@ -299,8 +299,12 @@ pub(super) fn move_reason(ctx: &Context, server: &str, site: &str, tenant: &str)
     let Some(s) = ctx.servers.get(&ObjectRef::new(server)) else {
         return Some("ServerRemoved".into());
     };
-    let c = conditions::find(&s.status.as_ref()?.conditions, "Schedulable")?;
-    (c.status == ConditionStatus::False).then(|| c.reason.clone())
+    s.brief()
+        .status
+        .as_ref()?
+        .unschedulable
+        .as_deref()
+        .map(str::to_owned)
 }
 
 /// What trying to move one replica decided.
