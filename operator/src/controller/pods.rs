@@ -4,8 +4,8 @@
 //! a quorum read of etcd, on the API server the placement throughput is bound by. A compact
 //! entry instead of the whole Pod keeps 20,000 instances' Pods at a few MB.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
@@ -17,8 +17,8 @@ use super::stable_hash;
 /// What the instance controller reads of one of its Pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodBrief {
-    /// The node it is bound to.
-    pub node: Option<String>,
+    /// The node it is bound to (shared by every Pod the index holds on that node).
+    pub node: Option<Arc<str>>,
     /// `status.phase` is Running.
     pub running: bool,
     /// Deletion has begun.
@@ -29,12 +29,28 @@ pub struct PodBrief {
 
 impl PodBrief {
     pub fn of(pod: &Pod) -> Self {
+        Self::interned(pod, &mut HashSet::new())
+    }
+
+    /// With the node's name taken from (or added to) `nodes`.
+    fn interned(pod: &Pod, nodes: &mut HashSet<Arc<str>>) -> Self {
         let main = pod
             .spec
             .as_ref()
             .and_then(|s| s.containers.iter().find(|k| k.name == "main"));
         Self {
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .map(|n| {
+                    if let Some(shared) = nodes.get(n) {
+                        return shared.clone();
+                    }
+                    let shared: Arc<str> = n.into();
+                    nodes.insert(shared.clone());
+                    shared
+                }),
             running: pod
                 .status
                 .as_ref()
@@ -69,13 +85,21 @@ pub fn template(image: &str, command: &[String], args: &[String]) -> u64 {
     stable_hash(&bytes)
 }
 
-type Key = (String, String);
+/// `namespace/name`: one allocation per Pod (20,000 instances' Pods are held).
+type Key = Box<str>;
+
+fn key_of(namespace: &str, name: &str) -> Key {
+    format!("{namespace}/{name}").into()
+}
 
 #[derive(Default)]
 struct State {
     pods: HashMap<Key, PodBrief>,
     /// A re-list in progress: what it has listed so far (replaces `pods` when done).
     relist: Option<HashMap<Key, PodBrief>>,
+    /// Node names, held once (a few thousand nodes for tens of thousands of Pods). Only
+    /// grows with the nodes Pods were ever bound to; cleared with each re-list.
+    nodes: HashSet<Arc<str>>,
 }
 
 /// The index; `ready` once the first list is in.
@@ -102,7 +126,10 @@ impl std::fmt::Debug for PodIndex {
 }
 
 fn key(pod: &Pod) -> Option<Key> {
-    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
+    Some(key_of(
+        pod.metadata.namespace.as_deref()?,
+        pod.metadata.name.as_deref()?,
+    ))
 }
 
 impl PodIndex {
@@ -112,10 +139,7 @@ impl PodIndex {
 
     /// One Pod as last seen (None: none, or deleted).
     pub fn get(&self, namespace: &str, name: &str) -> Option<PodBrief> {
-        self.lock()
-            .pods
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+        self.lock().pods.get(&key_of(namespace, name)).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -128,24 +152,29 @@ impl PodIndex {
 
     /// Follows one watch event.
     pub fn apply(&self, event: &watcher::Event<Pod>) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         match event {
-            watcher::Event::Init => state.relist = Some(HashMap::new()),
+            watcher::Event::Init => {
+                state.relist = Some(HashMap::new());
+                state.nodes.retain(|n| Arc::strong_count(n) > 1);
+            }
             watcher::Event::InitApply(p) => {
                 if let (Some(k), Some(relist)) = (key(p), state.relist.as_mut()) {
-                    relist.insert(k, PodBrief::of(p));
+                    relist.insert(k, PodBrief::interned(p, &mut state.nodes));
                 }
             }
             watcher::Event::InitDone => {
                 if let Some(relist) = state.relist.take() {
                     state.pods = relist;
                 }
-                drop(state);
+                drop(guard);
                 self.ready.send_replace(true);
             }
             watcher::Event::Apply(p) => {
                 if let Some(k) = key(p) {
-                    state.pods.insert(k, PodBrief::of(p));
+                    let brief = PodBrief::interned(p, &mut state.nodes);
+                    state.pods.insert(k, brief);
                 }
             }
             watcher::Event::Delete(p) => {
@@ -224,6 +253,19 @@ mod tests {
         assert_eq!(index.get("t", "b"), None);
         assert!(index.get("t", "c").is_some());
         assert_eq!(index.len(), 1);
+
+        // Pods on one node share its name.
+        index.apply(&watcher::Event::Apply(pod("d", Some("n2"), "img:1")));
+        let (c, d) = (index.get("t", "c").unwrap(), index.get("t", "d").unwrap());
+        assert!(Arc::ptr_eq(
+            c.node.as_ref().unwrap(),
+            d.node.as_ref().unwrap()
+        ));
+        assert_eq!(
+            index.get("t/c", ""),
+            None,
+            "namespace and name are not confused"
+        );
     }
 
     #[test]
