@@ -76,12 +76,13 @@ fn inventory<K, const N: usize>(
     client: &kube::Client,
     kind: &'static str,
     ledger: &Arc<Ledger>,
+    trim: impl FnMut(&mut K) + Send + 'static,
 ) -> Result<(Store<K>, [ReflectHandle<K>; N]), RunError>
 where
     K: Watched,
 {
     let ledger = ledger.clone();
-    shared_observed(client, kind, |_| {}, move |_| ledger.inventory_changed())
+    shared_observed(client, kind, trim, move |_| ledger.inventory_changed())
 }
 
 /// [`shared`] whose events (once in the store) `observe` also sees.
@@ -576,8 +577,9 @@ pub async fn run(
             servers_to_volumes,
             servers_to_instances,
         ],
-    ) = inventory::<PackedServer, 5>(&client, "Server", &ledger)?;
-    let (racks, [rack_events, racks_to_sites]) = inventory::<Rack, 2>(&client, "Rack", &ledger)?;
+    ) = inventory::<PackedServer, 5>(&client, "Server", &ledger, Packed::forget_version)?;
+    let (racks, [rack_events, racks_to_sites]) =
+        inventory::<Rack, 2>(&client, "Rack", &ledger, |_| {})?;
     let front = Front::start_with(
         client.clone(),
         options.telemetry.clone(),
@@ -585,7 +587,7 @@ pub async fn run(
         racks.clone(),
     )?;
     let hub = front.hub();
-    let (sites, [site_events]) = inventory::<Site, 1>(&client, "Site", &ledger)?;
+    let (sites, [site_events]) = inventory::<Site, 1>(&client, "Site", &ledger, |_| {})?;
     let nodes = node_store(&client);
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
     // Workloads are held packed (see `crate::packed`): tens of thousands of them were the
@@ -593,18 +595,18 @@ pub async fn run(
     let (volumes, [volume_events, volumes_to_tenants]) = shared_observed::<Packed<StorageVolume>, 2>(
         &client,
         "StorageVolume",
-        |_| {},
+        Packed::forget_version,
         ledger_follows(&ledger, &gone),
     )?;
     let (instances, [instance_events, instances_to_tenants]) =
         shared_observed::<Packed<ComputeInstance>, 2>(
             &client,
             "ComputeInstance",
-            |_| {},
+            Packed::forget_version,
             ledger_follows(&ledger, &gone),
         )?;
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
-        inventory::<Tenant, 3>(&client, "Tenant", &ledger)?;
+        inventory::<Tenant, 3>(&client, "Tenant", &ledger, |_| {})?;
     let _ = tokio::join!(
         servers.wait_until_ready(),
         racks.wait_until_ready(),

@@ -451,6 +451,7 @@ async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
     }
 
     // Kill the leader; the follower takes over within the lease duration and writes.
+    op_a.child.assert_watches_held();
     op_a.child.kill();
     let killed_at = Instant::now();
     // A write the leader had in flight when killed is logged at ResponseComplete,
@@ -485,6 +486,7 @@ async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
         eprintln!("status writes after the kill: {after:?}");
         assert_eq!(after.get(a_user).copied().unwrap_or(0), 0, "{after:?}");
     }
+    op_b.child.assert_watches_held();
     drop(op_b);
     cleanup(&cluster, &p, &servers, &nodes).await;
     let _ = std::fs::remove_dir_all(&work);

@@ -55,7 +55,7 @@ async fn tenants_are_onboarded_isolated_and_released_on_a_real_api_server() {
     let kubeconfig = cluster
         .service_account_kubeconfig(NS, "sovereign-operator")
         .await;
-    let _operator = spawn_operator(
+    let operator = spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         "tenants-operator",
         &kubeconfig,
@@ -343,4 +343,5 @@ async fn tenants_are_onboarded_isolated_and_released_on_a_real_api_server() {
     let _ = namespaces
         .delete(&owned_name, &DeleteParams::default())
         .await;
+    operator.assert_watches_held();
 }

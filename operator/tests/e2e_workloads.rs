@@ -86,7 +86,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         .service_account_kubeconfig(NS, "sovereign-operator")
         .await;
     let port = free_port();
-    let _operator = spawn_operator(
+    let operator = spawn_operator(
         Path::new(env!("CARGO_BIN_EXE_sovereign-operator")),
         "workloads-operator",
         &kubeconfig,
@@ -488,6 +488,7 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     }
     nodes.push(format!("{p}-node-big"));
     cluster.delete_nodes(&nodes).await;
+    operator.assert_watches_held();
 }
 
 /// What a kubelet does for a Pod being deleted on its node: confirms it (there is none here).

@@ -658,6 +658,24 @@ impl ChildGuard {
         let _ = self.child.wait();
     }
 
+    /// Panics when the process logged a failed watch: controllers limp on through re-lists,
+    /// so a watch that breaks on every event (a decoding or resourceVersion bug) would
+    /// otherwise pass every other check.
+    pub fn assert_watches_held(&self) {
+        let log = self.log();
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("watch error"))
+            .take(5)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} logged failed watches:\n{}",
+            self.name,
+            failed.join("\n")
+        );
+    }
+
     /// The log the process wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(
