@@ -1,4 +1,4 @@
-//! Heap bytes per workload as the operator's stores hold it: decoded, and packed (see
+//! Heap bytes per workload and Server as the operator's stores hold them: decoded, and packed (see
 //! `sovereign_operator::packed`). Counts the bytes asked of the allocator (dhat), not its
 //! per-allocation overhead, which favours the decoded form's ~30 allocations per object.
 //!
@@ -7,7 +7,7 @@
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 use std::sync::Arc;
 
-use sovereign_crds::{ComputeInstance, StorageVolume};
+use sovereign_crds::{ComputeInstance, Server, StorageVolume};
 use sovereign_operator::packed::{Packable, Packed};
 use sovereign_tests::bench::arg;
 
@@ -34,6 +34,10 @@ fn fleet<K: Packable>(i: usize) -> K {
     v["metadata"]["name"] = format!("burst-{i}").into();
     v["metadata"]["uid"] = format!("{i:08x}-b6a4-4518-88f3-d0009ec9ee40").into();
     v["metadata"]["resourceVersion"] = (100_000 + i).to_string().into();
+    if v["kind"] == "Server" {
+        v["spec"]["rack"] = format!("site-r{}", i % 50).into();
+        v["spec"]["nodeName"] = format!("site-node-{i}").into();
+    }
     if let Some(rs) = v["status"]["replicas"].as_array_mut() {
         for (k, r) in rs.iter_mut().enumerate() {
             r["server"] = format!("site-r{}-s{}", i % 50, (i + k) % 20).into();
@@ -58,4 +62,5 @@ fn main() {
     let n = arg("--objects", 10_000) as usize;
     report::<ComputeInstance>(n);
     report::<StorageVolume>(n);
+    report::<Server>(n);
 }
