@@ -19,10 +19,6 @@ pub struct Rollup<S> {
     pub transitions: Vec<Transition>,
 }
 
-fn is_schedulable(s: &ServerFacts) -> bool {
-    s.schedulable()
-}
-
 /// Capacity a server offers: measured, else declared; unparsable sets count as nothing (the
 /// API server's pattern makes that rare).
 fn server_capacity(s: &ServerFacts) -> Resources {
@@ -34,7 +30,7 @@ fn server_capacity(s: &ServerFacts) -> Resources {
 
 fn capacity_of<'a>(servers: impl Iterator<Item = &'a ServerFacts>) -> Option<ResourceSet> {
     let sum = servers
-        .filter(|s| is_schedulable(s))
+        .filter(|s| s.schedulable())
         .fold(Resources::ZERO, |acc, s| acc.plus(&server_capacity(s)));
     (!sum.is_zero()).then(|| sum.to_set())
 }
@@ -178,7 +174,7 @@ pub fn rack(
         allocated: allocated_of(servers.iter().copied()),
         conditions: Vec::new(),
     };
-    let ready = servers.iter().filter(|s| is_schedulable(s)).count();
+    let ready = servers.iter().filter(|s| s.schedulable()).count();
     let desired = rack_conditions(rack, &status, ready);
     let (merged, transitions) =
         conditions::merge(&stored.conditions, &desired, rack.metadata.generation, now);
@@ -218,7 +214,7 @@ pub fn site(
 ) -> Rollup<SiteStatus> {
     use ConditionStatus::{False, True, Unknown};
     let stored = site.status.clone().unwrap_or_default();
-    let ready = servers.iter().filter(|s| is_schedulable(s)).count();
+    let ready = servers.iter().filter(|s| s.schedulable()).count();
     let mut status = SiteStatus {
         racks: u32::try_from(racks.len()).unwrap_or(u32::MAX),
         servers: u32::try_from(servers.len()).unwrap_or(u32::MAX),
