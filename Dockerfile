@@ -19,9 +19,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build /out/sovereign-operator /usr/local/bin/sovereign-operator
-# Two glibc arenas and a fixed mmap threshold: a fleet's list-time peaks are given back
-# (fleet bench, RSS).
-ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
+# Its allocator (jemalloc) is configured when it is built (.cargo/config.toml).
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/sovereign-operator"]
 

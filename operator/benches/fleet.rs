@@ -6,8 +6,8 @@
 //! `cargo bench -p sovereign-operator --bench fleet -- [--servers 1000] [--minutes 10]
 //!  [--interval-seconds 15] [--flips-every-ms 2000] [--warmup-minutes 1]`
 //!
-//! The operator runs with `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072`, as the chart and
-//! the image run it.
+//! The operator runs as built (its allocator configured in `.cargo/config.toml`), as the image
+//! runs it.
 //!
 //! Not a test: it takes minutes and reports figures.
 
@@ -154,8 +154,6 @@ async fn main() {
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("RUST_LOG", "warn"),
-            ("MALLOC_ARENA_MAX", "2"),
-            ("MALLOC_MMAP_THRESHOLD_", "131072"),
         ],
     );
     let pid = operator.pid();

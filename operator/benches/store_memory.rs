@@ -1,14 +1,19 @@
 //! Heap bytes per workload and Server as the operator's stores hold them: decoded, and packed (see
-//! `sovereign_operator::packed`). Counts the bytes asked of the allocator (dhat), not its
-//! per-allocation overhead, which favours the decoded form's ~30 allocations per object.
+//! `sovereign_operator::packed`); for workloads also held in a store, key and table included:
+//! kube-runtime's reflector store of packed objects against the operator's own compact store
+//! (`sovereign_operator::workload_store`). Counts the bytes asked of the allocator (dhat), not
+//! its per-allocation overhead, which favours the decoded form's ~30 allocations per object.
 //!
 //! `cargo bench -p sovereign-operator --bench store_memory [-- --objects N]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench may panic
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 use std::sync::Arc;
 
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
 use sovereign_crds::{ComputeInstance, Server, StorageVolume};
-use sovereign_operator::packed::{Packable, Packed};
+use sovereign_operator::packed::{Packable, Packed, PackedWorkload};
+use sovereign_operator::workload_store::WorkloadStore;
 use sovereign_tests::bench::arg;
 
 #[global_allocator]
@@ -57,10 +62,36 @@ fn report<K: Packable>(n: usize) {
     );
 }
 
+/// Bytes per workload held in a store: kube-runtime's reflector (packed), and the operator's.
+fn report_stores<K: PackedWorkload>(n: usize) {
+    let before = live();
+    let (store, mut writer) = reflector::store::<Packed<K>>();
+    for i in 0..n {
+        let mut p = Packed::pack(fleet::<K>(i)).unwrap();
+        p.forget_version();
+        writer.apply_watcher_event(&Event::Apply(p));
+    }
+    assert_eq!(store.len(), n);
+    let reflected = (live() - before) as f64 / n as f64;
+    drop((store, writer));
+    let before = live();
+    let store = WorkloadStore::listed((0..n).map(|i| Packed::pack(fleet::<K>(i)).unwrap()));
+    assert_eq!(store.len(), n);
+    let compact = (live() - before) as f64 / n as f64;
+    drop(store);
+    println!(
+        "{:<16} in a store: reflector (packed) {reflected:>6.0} B/object, workload store (compact) {compact:>6.0} B/object ({:.0} %)",
+        K::kind(&()),
+        100.0 * compact / reflected
+    );
+}
+
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let n = arg("--objects", 10_000) as usize;
     report::<ComputeInstance>(n);
     report::<StorageVolume>(n);
     report::<Server>(n);
+    report_stores::<ComputeInstance>(n);
+    report_stores::<StorageVolume>(n);
 }

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod plugin;
 pub mod runtime;
 pub mod telemetry;
+pub mod workload_store;
 
 use thiserror::Error;
 

@@ -6,7 +6,8 @@
 //! against a dictionary of typical objects of its kind (field names, condition reasons and
 //! messages repeat from object to object), plus what fleet-wide scans read without decoding
 //! (the kind's brief): name, namespace and where each replica is; a Server's
-//! [`ServerFacts`]. A reconcile decodes the one object it works on.
+//! [`ServerFacts`]. A reconcile decodes the one object it works on. Workloads are held as
+//! [`Compact`] (no `ObjectMeta`) by [`crate::workload_store`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -87,6 +88,20 @@ pub enum PackError {
     },
 }
 
+/// Decodes a packed body of `K`.
+fn unpack_body<K: Packable>(body: &[u8]) -> Result<K, PackError> {
+    let kind = || K::kind(&()).into_owned();
+    let json = lz4_flex::block::decompress_size_prepended_with_dict(body, K::dictionary())
+        .map_err(|source| PackError::Decompress {
+            kind: kind(),
+            source,
+        })?;
+    serde_json::from_slice(&json).map_err(|source| PackError::Decode {
+        kind: kind(),
+        source,
+    })
+}
+
 /// An object as a store holds it.
 pub struct Packed<K: Packable> {
     /// Name and namespace (the store's key, what triggers read) and resourceVersion (where
@@ -122,17 +137,7 @@ impl<K: Packable> Packed<K> {
 
     /// The object, decoded.
     pub fn unpack(&self) -> Result<K, PackError> {
-        let kind = || K::kind(&()).into_owned();
-        let json =
-            lz4_flex::block::decompress_size_prepended_with_dict(&self.body, K::dictionary())
-                .map_err(|source| PackError::Decompress {
-                    kind: kind(),
-                    source,
-                })?;
-        serde_json::from_slice(&json).map_err(|source| PackError::Decode {
-            kind: kind(),
-            source,
-        })
+        unpack_body::<K>(&self.body)
     }
 
     /// Forgets the resourceVersion once the watch has read it: the watch resumes from the
@@ -157,6 +162,108 @@ impl<K: Packable<Brief = Box<[Spot]>>> Packed<K> {
     /// Where a workload's replicas are.
     pub fn spots(&self) -> &[Spot] {
         &self.brief
+    }
+
+    /// Only a name: what a store needs to remove the object it names.
+    pub fn named(namespace: &str, name: &str) -> Self {
+        Self {
+            meta: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            brief: Box::default(),
+            body: Box::default(),
+            kind: PhantomData,
+        }
+    }
+}
+
+/// A workload as [`crate::workload_store`] holds it: its `namespace/name`, its packed JSON and
+/// where its replicas are. No `ObjectMeta` (360 bytes even when only the name is set): a
+/// [`Packed`] is built again when a reconcile needs one.
+pub struct Compact<K: PackedWorkload> {
+    /// `namespace/name`.
+    id: Box<str>,
+    body: Box<[u8]>,
+    spots: Box<[Spot]>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: PackedWorkload> Compact<K> {
+    pub fn new(packed: Packed<K>) -> Self {
+        let meta = packed.meta;
+        let id = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        Self {
+            id: id.into_boxed_str(),
+            body: packed.body,
+            spots: packed.brief,
+            kind: PhantomData,
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.id.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn name(&self) -> &str {
+        self.id.split_once('/').map_or(&*self.id, |(_, n)| n)
+    }
+
+    pub fn spots(&self) -> &[Spot] {
+        &self.spots
+    }
+
+    pub fn object_ref(&self) -> kube::runtime::reflector::ObjectRef<Packed<K>> {
+        kube::runtime::reflector::ObjectRef::new(self.name()).within(self.namespace())
+    }
+
+    /// The ledger's name for it (`Kind/namespace/name`).
+    pub fn consumer(&self) -> String {
+        format!("{}/{}", K::kind(&()), self.id)
+    }
+
+    /// As the controllers read it.
+    pub fn to_packed(&self) -> Packed<K> {
+        Packed {
+            meta: ObjectMeta {
+                name: Some(self.name().to_owned()),
+                namespace: Some(self.namespace().to_owned()),
+                ..ObjectMeta::default()
+            },
+            brief: self.spots.clone(),
+            body: self.body.clone(),
+            kind: PhantomData,
+        }
+    }
+
+    /// The object, decoded.
+    pub fn unpack(&self) -> Result<K, PackError> {
+        unpack_body::<K>(&self.body)
+    }
+
+    /// Bytes of compressed JSON held (for the memory bench).
+    pub fn packed_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+impl<K: PackedWorkload> fmt::Debug for Compact<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compact")
+            .field("kind", &K::kind(&()))
+            .field("id", &self.id)
+            .field("bytes", &self.body.len())
+            .finish_non_exhaustive()
     }
 }
 

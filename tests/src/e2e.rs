@@ -421,13 +421,7 @@ pub fn spawn_operator(
         binary,
         name,
         &args,
-        &[
-            ("KUBECONFIG", kubeconfig.as_ref()),
-            ("RUST_LOG", rust_log),
-            // As the image and the chart run it (benches measure what is shipped).
-            ("MALLOC_ARENA_MAX", "2"),
-            ("MALLOC_MMAP_THRESHOLD_", "131072"),
-        ],
+        &[("KUBECONFIG", kubeconfig.as_ref()), ("RUST_LOG", rust_log)],
     )
 }
 

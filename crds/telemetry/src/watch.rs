@@ -122,7 +122,9 @@ where
     let stream = watcher(api, config)
         .default_backoff()
         .filter_map(move |event| {
-            let readable = event.map(|e| readable(e, &reader, what)).transpose();
+            let readable = event
+                .map(|e| readable(e, |k| reader.get(k).map(|o| (*o).clone()), what))
+                .transpose();
             std::future::ready(readable)
         })
         .modify(move |obj| {
@@ -150,10 +152,10 @@ where
 const SHARED_BUFFER: usize = 1024;
 
 /// The watch event for readers of `K`: unreadable objects left out (and removed from the store
-/// when an earlier version of them was readable).
+/// when an earlier version of them was readable: `held` finds it).
 pub fn readable<K>(
     event: watcher::Event<DeserializeGuard<K>>,
-    store: &Store<K>,
+    held: impl Fn(&ObjectRef<K>) -> Option<K>,
     what: &'static str,
 ) -> Option<watcher::Event<K>>
 where
@@ -168,7 +170,7 @@ where
         if let Some(ns) = &namespace {
             key = key.within(ns);
         }
-        store.get(&key).map(|old| (*old).clone())
+        held(&key)
     };
     match event {
         watcher::Event::Init => Some(watcher::Event::Init),

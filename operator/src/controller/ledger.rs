@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kube::Resource as _;
-use kube::runtime::reflector::ObjectRef;
 use sovereign_placement::from_crds::{self, HealthPolicy, PowerModel, TenantPolicyWithNamespaces};
 use sovereign_placement::{CapacityPolicy, Decision, Placer, Refusal, Request, Slot, Strategy};
 
@@ -162,14 +161,8 @@ fn prune_pending(ctx: &Context, state: &mut State) {
             s.iter().map(|s| s.server.to_string()).collect()
         };
         let shown = match kind {
-            "StorageVolume" => ctx
-                .volumes
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|v| spots(v.spots())),
-            "ComputeInstance" => ctx
-                .instances
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|c| spots(c.spots())),
+            "StorageVolume" => ctx.volumes.get(ns, name).map(|v| spots(v.spots())),
+            "ComputeInstance" => ctx.instances.get(ns, name).map(|c| spots(c.spots())),
             _ => None,
         };
         shown.as_ref() != Some(&p.servers)
@@ -300,11 +293,7 @@ impl Ledger {
         // A workload with no replicas is not unpacked.
         for v in ctx.volumes.state() {
             if v.spots().is_empty() {
-                book(
-                    from_crds::consumer("StorageVolume", v.meta()),
-                    Vec::new(),
-                    None,
-                );
+                book(v.consumer(), Vec::new(), None);
             } else {
                 let v = v.unpack().map_err(unreadable)?;
                 let w = Workload::Volume(&v);
@@ -313,11 +302,7 @@ impl Ledger {
         }
         for c in ctx.instances.state() {
             if c.spots().is_empty() {
-                book(
-                    from_crds::consumer("ComputeInstance", c.meta()),
-                    Vec::new(),
-                    None,
-                );
+                book(c.consumer(), Vec::new(), None);
             } else {
                 let c = c.unpack().map_err(unreadable)?;
                 let w = Workload::Instance(&c);

@@ -28,7 +28,6 @@ use sovereign_crds::{Rack, Site};
 use sovereign_telemetry::hub::Hub;
 use thiserror::Error;
 
-use crate::packed::Packed;
 use tokio::sync::watch;
 
 pub use metrics::ControllerMetrics;
@@ -192,9 +191,10 @@ pub struct Context {
     pub sites: Store<Site>,
     pub nodes: Store<crate::node_taints::NodeTaints>,
     pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
-    /// Workloads, packed (see [`crate::packed`]): a reconcile unpacks the one it works on.
-    pub volumes: Store<Packed<sovereign_crds::StorageVolume>>,
-    pub instances: Store<Packed<sovereign_crds::ComputeInstance>>,
+    /// Workloads, compact (see [`crate::workload_store`]): a reconcile unpacks the one it
+    /// works on.
+    pub volumes: crate::workload_store::WorkloadStore<sovereign_crds::StorageVolume>,
+    pub instances: crate::workload_store::WorkloadStore<sovereign_crds::ComputeInstance>,
     pub tenants: Store<sovereign_crds::Tenant>,
     /// The instance controller's Pods (from its Pod watch).
     pub pods: Arc<pods::PodIndex>,

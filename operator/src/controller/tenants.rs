@@ -205,25 +205,19 @@ fn compliance(ctx: &Context, t: &Tenant) -> conditions::Desired {
         .collect();
     let ours = |ns: Option<&str>| ns.is_some_and(|ns| ours.iter().any(|o| o == ns));
     let mut outside = Vec::new();
-    let mut check = |kind: &str, meta: &kube::api::ObjectMeta, spots: &[crate::packed::Spot]| {
-        if !ours(meta.namespace.as_deref()) {
+    let mut check = |kind: &str, id: &str, spots: &[crate::packed::Spot]| {
+        if !ours(id.split_once('/').map(|(ns, _)| ns)) {
             return;
         }
         for r in spots.iter().filter(|r| outside_policy.contains(&*r.site)) {
-            outside.push(format!(
-                "{kind} {}/{} replica {} at {}",
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default(),
-                r.index,
-                r.site
-            ));
+            outside.push(format!("{kind} {id} replica {} at {}", r.index, r.site));
         }
     };
     for v in ctx.volumes.state() {
-        check("StorageVolume", v.meta(), v.spots());
+        check("StorageVolume", v.id(), v.spots());
     }
     for c in ctx.instances.state() {
-        check("ComputeInstance", c.meta(), c.spots());
+        check("ComputeInstance", c.id(), c.spots());
     }
     if outside.is_empty() {
         conditions::Desired::new(
@@ -352,8 +346,8 @@ async fn cleanup_tenant(ctx: &Context, t: &Tenant) -> Result<Action, Error> {
         .volumes
         .state()
         .iter()
-        .filter(|v| v.namespace().is_some_and(|ns| our_names.contains(&ns)))
-        .map(|v| format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any()))
+        .filter(|v| our_names.iter().any(|ns| ns == v.namespace()))
+        .map(|v| v.id().to_owned())
         .collect();
     if !live.is_empty() {
         let cascade = t

@@ -27,11 +27,12 @@ use crate::controller::{
 };
 use crate::packed::{Packed, PackedServer};
 use crate::telemetry::{Front, TelemetryError, TelemetryOptions};
+use crate::workload_store;
 
 mod wiring;
 use wiring::{
-    TenantInputs, hub_triggers, lean, ledger_follows, node_store, on_leadership, owned_objects,
-    tenant_controller, workload_controller,
+    TenantInputs, WorkloadTriggers, hub_triggers, lean, ledger_follows, node_store, on_leadership,
+    owned_objects, owners_of, tenant_controller, workload_controller,
 };
 
 /// Errors that stop `run`.
@@ -267,21 +268,19 @@ pub async fn run(
     let (sites, [site_events]) = inventory::<Site, 1>(&client, "Site", &ledger, |_| {})?;
     let nodes = node_store(&client);
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
-    // Workloads are held packed (see `crate::packed`): tens of thousands of them were the
-    // largest part of the operator's memory decoded.
-    let (volumes, [volume_events, volumes_to_tenants]) = shared_observed::<Packed<StorageVolume>, 2>(
-        &client,
+    // Workloads are held compact (see `crate::workload_store`): tens of thousands of them were
+    // the largest part of the operator's memory.
+    let (volumes, [volume_events, volumes_to_tenants]) = workload_store::watch::<StorageVolume, 2>(
+        client.clone(),
         "StorageVolume",
-        Packed::forget_version,
         ledger_follows(&ledger, &gone),
-    )?;
+    );
     let (instances, [instance_events, instances_to_tenants]) =
-        shared_observed::<Packed<ComputeInstance>, 2>(
-            &client,
+        workload_store::watch::<ComputeInstance, 2>(
+            client.clone(),
             "ComputeInstance",
-            Packed::forget_version,
             ledger_follows(&ledger, &gone),
-        )?;
+        );
     let (tenants_store, [tenant_events, tenants_to_volumes, tenants_to_instances]) =
         inventory::<Tenant, 3>(&client, "Tenant", &ledger, |_| {})?;
     let _ = tokio::join!(
@@ -395,46 +394,48 @@ pub async fn run(
     .for_each(|_| async {});
 
     let volume_controller = workload_controller(
-        (volumes.clone(), volume_events),
-        |c| {
-            c.owns(
-                Api::<PersistentVolumeClaim>::all(client.clone()),
-                owned_objects(),
-            )
+        &volumes,
+        WorkloadTriggers {
+            own: volume_events,
+            children: owners_of::<StorageVolume, _>(
+                watcher(
+                    Api::<PersistentVolumeClaim>::all(client.clone()),
+                    owned_objects(),
+                )
+                .default_backoff()
+                .touched_objects(),
+                "PersistentVolumeClaim",
+            ),
+            servers: (ctx.servers.clone(), servers_to_volumes),
+            tenants: (ctx.namespaces.clone(), tenants_to_volumes),
+            leadership: lease_rx.clone(),
         },
-        (ctx.servers.clone(), servers_to_volumes),
-        (ctx.namespaces.clone(), tenants_to_volumes),
-        config.clone(),
-        lease_rx.clone(),
-        shutdown_signal(),
-    )
-    .run(
         storage::reconcile_volume,
-        hardware::error_policy,
         ctx.clone(),
-    )
-    .for_each(|_| async {});
-    let instance_controller = workload_controller(
-        (instances.clone(), instance_events),
-        // The Pod watch wakes an instance when one of its Pods changes and keeps the index
-        // the instance controller reads Pods from (instead of a GET per replica).
-        |c| {
-            c.owns_stream(ctx.pods.clone().follow(
-                watcher(Api::<Pod>::all(client.clone()), owned_objects()).default_backoff(),
-            ))
-        },
-        (ctx.servers.clone(), servers_to_instances),
-        (ctx.namespaces.clone(), tenants_to_instances),
-        config,
-        lease_rx.clone(),
+        config.clone(),
         shutdown_signal(),
-    )
-    .run(
+    );
+    let instance_controller = workload_controller(
+        &instances,
+        WorkloadTriggers {
+            own: instance_events,
+            // The Pod watch wakes an instance when one of its Pods changes and keeps the index
+            // the instance controller reads Pods from (instead of a GET per replica).
+            children: owners_of::<ComputeInstance, _>(
+                ctx.pods.clone().follow(
+                    watcher(Api::<Pod>::all(client.clone()), owned_objects()).default_backoff(),
+                ),
+                "Pod",
+            ),
+            servers: (ctx.servers.clone(), servers_to_instances),
+            tenants: (ctx.namespaces.clone(), tenants_to_instances),
+            leadership: lease_rx.clone(),
+        },
         compute::reconcile_instance,
-        hardware::error_policy,
         ctx.clone(),
-    )
-    .for_each(|_| async {});
+        config,
+        shutdown_signal(),
+    );
 
     let front_stop = stop.clone();
     let front_leading = lease_rx.clone();
@@ -481,7 +482,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use kube::core::DeserializeGuard;
-    use kube::runtime::reflector;
+    use kube::runtime::reflector::{self, ObjectRef};
     use kube::runtime::watcher::Event;
     use serde_json::json;
     use sovereign_crds::Server;
@@ -500,6 +501,7 @@ mod tests {
     #[test]
     fn an_object_that_does_not_decode_is_left_out_and_its_readable_siblings_kept() {
         let (store, mut writer) = reflector::store::<Server>();
+        let held = |k: &ObjectRef<Server>| store.get(k).map(|o| (*o).clone());
         let events = [
             Event::Init,
             Event::InitApply(guard("good", &json!("r1"))),
@@ -507,7 +509,7 @@ mod tests {
             Event::InitDone,
         ];
         for e in events {
-            if let Some(e) = readable(e, &store, "Server") {
+            if let Some(e) = readable(e, held, "Server") {
                 writer.apply_watcher_event(&e);
             }
         }
@@ -519,14 +521,14 @@ mod tests {
         assert_eq!(names, ["good"]);
 
         // An update that turns it unreadable removes it rather than keeping a stale copy.
-        let e = readable(Event::Apply(guard("good", &json!(7))), &store, "Server");
+        let e = readable(Event::Apply(guard("good", &json!(7))), held, "Server");
         assert!(matches!(&e, Some(Event::Delete(s)) if s.metadata.name.as_deref() == Some("good")));
         writer.apply_watcher_event(&e.unwrap());
         assert!(store.is_empty());
         // Deleting an object never seen readable changes nothing.
-        assert!(readable(Event::Delete(guard("bad", &json!(1))), &store, "Server").is_none());
+        assert!(readable(Event::Delete(guard("bad", &json!(1))), held, "Server").is_none());
         // Fixed, it comes back.
-        let e = readable(Event::Apply(guard("good", &json!("r2"))), &store, "Server").unwrap();
+        let e = readable(Event::Apply(guard("good", &json!("r2"))), held, "Server").unwrap();
         writer.apply_watcher_event(&e);
         assert_eq!(store.state()[0].spec.rack, "r2");
     }

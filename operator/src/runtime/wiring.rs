@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Resource as _;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Action, Controller, ReconcileRequest};
 use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -20,29 +23,25 @@ use sovereign_telemetry::hub::Hub;
 use tokio::sync::watch;
 
 use crate::controller::ledger::{Followed, Ledger};
-use crate::controller::{self, tenant};
+use crate::controller::{self, Context, tenant};
 use crate::node_taints::NodeTaints;
 use crate::packed::{Packed, PackedServer, PackedWorkload};
-use sovereign_placement::from_crds;
+use crate::workload_store::{Observed, Subscription, WorkloadStore};
 
 /// The ledger's view of a workload watch: deletions give capacity back, re-lists rebuild. A
-/// deleted workload's namespace goes to `gone`: its tenant's usage changed, and the shared
-/// watch's subscriptions carry no deletions.
+/// deleted workload's namespace goes to `gone`: its tenant's usage changed, and the watch's
+/// subscriptions carry no deletions.
 pub(super) fn ledger_follows<K: PackedWorkload>(
     ledger: &Arc<Ledger>,
     gone: &tokio::sync::mpsc::UnboundedSender<String>,
-) -> impl FnMut(&watcher::Event<Packed<K>>) + Send + 'static {
+) -> impl FnMut(Observed<'_, K>) + Send + 'static {
     let (ledger, gone) = (ledger.clone(), gone.clone());
-    move |event| match event {
-        watcher::Event::Delete(k) => {
-            let consumer = from_crds::consumer(&K::kind(&()), k.meta());
-            ledger.follow(Followed::Deleted(&consumer));
-            if let Some(ns) = &k.meta().namespace {
-                let _ = gone.send(ns.clone());
-            }
+    move |seen| match seen {
+        Observed::Deleted(k) => {
+            ledger.follow(Followed::Deleted(&k.consumer()));
+            let _ = gone.send(k.namespace().to_owned());
         }
-        watcher::Event::InitDone => ledger.follow(Followed::Relisted),
-        _ => {}
+        Observed::Relisted => ledger.follow(Followed::Relisted),
     }
 }
 
@@ -69,8 +68,8 @@ pub(super) struct TenantInputs {
     pub(super) applied: Arc<controller::tenants::AppliedTenants>,
     pub(super) tenants: (Store<Tenant>, ReflectHandle<Tenant>),
     pub(super) namespaces: (Store<Namespace>, ReflectHandle<Namespace>),
-    pub(super) volumes: ReflectHandle<Packed<StorageVolume>>,
-    pub(super) instances: ReflectHandle<Packed<ComputeInstance>>,
+    pub(super) volumes: Subscription<StorageVolume>,
+    pub(super) instances: Subscription<ComputeInstance>,
     /// Namespaces a workload was deleted from.
     pub(super) gone: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
@@ -226,19 +225,19 @@ pub(super) fn tenant_controller(
             owned,
             move |o: RoleBinding| on_binding(by_tenant_label(&o)),
         )
-        // Placements change the tenant's usage.
-        .watches_shared_stream(inputs.instances, {
-            let ns_store = namespaces.clone();
-            move |c: Arc<Packed<ComputeInstance>>| {
-                let ns = ns_store.get(&ObjectRef::new(c.meta().namespace.as_deref()?))?;
-                by_tenant_label(ns.as_ref())
-            }
-        })
-        // A volume going away may unblock its tenant's deletion.
-        .watches_shared_stream(inputs.volumes, move |v: Arc<Packed<StorageVolume>>| {
-            let ns = ns_store.get(&ObjectRef::new(v.meta().namespace.as_deref()?))?;
-            by_tenant_label(ns.as_ref())
-        })
+        // Placements change the tenant's usage; a volume going away may unblock its deletion.
+        .reconcile_on(
+            futures::stream::select(
+                inputs.instances.map(namespace_of),
+                inputs.volumes.map(namespace_of),
+            )
+            .filter_map(move |ns| {
+                let tenant = ns_store
+                    .get(&ObjectRef::new(&ns))
+                    .and_then(|n| by_tenant_label(n.as_ref()));
+                std::future::ready(tenant)
+            }),
+        )
         .reconcile_on(tenants_of_gone(inputs.gone, namespaces.clone()))
         .reconcile_all_on(on_leadership(lease_rx))
 }
@@ -261,7 +260,7 @@ pub(super) fn lean<K: Watched>(events: ReflectHandle<K>, store: Store<K>) -> Con
 
 /// Workloads with a replica on a server (to re-place them when it fails).
 pub(super) fn on_server<K: PackedWorkload>(
-    store: &Store<Packed<K>>,
+    store: &WorkloadStore<K>,
     servers: &Store<PackedServer>,
     server: &PackedServer,
 ) -> Vec<ObjectRef<Packed<K>>> {
@@ -277,38 +276,142 @@ pub(super) fn on_server<K: PackedWorkload>(
         .state()
         .iter()
         .filter(|w| w.spots().iter().any(|s| &*s.server == name))
-        .map(|w| ObjectRef::from(w.as_ref()))
+        .map(|w| w.object_ref())
         .collect()
 }
 
-/// A workload controller (StorageVolume or ComputeInstance): its own events, the children it
-/// owns, a Server replicas must leave, and a Tenant whose policy changed.
-pub(super) fn workload_controller<K: PackedWorkload>(
-    (store, events): (Store<Packed<K>>, ReflectHandle<Packed<K>>),
-    children: impl FnOnce(Controller<Packed<K>>) -> Controller<Packed<K>>,
-    (servers, server_events): (Store<PackedServer>, ReflectHandle<PackedServer>),
-    (namespaces, tenant_events): (Store<Namespace>, ReflectHandle<Tenant>),
+/// The workloads a child (PVC, Pod) names as its owner.
+fn owners<K: PackedWorkload>(child: &kube::api::ObjectMeta) -> Vec<ObjectRef<Packed<K>>> {
+    let (kind, version) = (K::kind(&()), K::api_version(&()));
+    let namespace = child.namespace.as_deref().unwrap_or_default();
+    child
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == kind && o.api_version == version)
+        .map(|o| ObjectRef::new(&o.name).within(namespace))
+        .collect()
+}
+
+/// The owners of the children a watch touched (errors logged; the watch retries itself).
+pub(super) fn owners_of<K, C>(
+    children: impl Stream<Item = Result<C, watcher::Error>> + Send + 'static,
+    what: &'static str,
+) -> BoxStream<'static, ObjectRef<Packed<K>>>
+where
+    K: PackedWorkload,
+    C: kube::Resource,
+{
+    children
+        .flat_map(move |child| {
+            futures::stream::iter(match child {
+                Ok(c) => owners::<K>(c.meta()),
+                Err(e) => {
+                    tracing::warn!(error = %e, watch = what, "watch error; retrying");
+                    Vec::new()
+                }
+            })
+        })
+        .boxed()
+}
+
+/// What wakes a workload controller.
+pub(super) struct WorkloadTriggers<K: PackedWorkload> {
+    /// Its own kind's watch: new and changed workloads.
+    pub(super) own: Subscription<K>,
+    /// Its children's owners (PVCs, Pods).
+    pub(super) children: BoxStream<'static, ObjectRef<Packed<K>>>,
+    /// Servers, for the workloads on one replicas must leave.
+    pub(super) servers: (Store<PackedServer>, ReflectHandle<PackedServer>),
+    /// Tenants, for the workloads of one whose policy changed.
+    pub(super) tenants: (Store<Namespace>, ReflectHandle<Tenant>),
+    /// Reconciles everything each time this replica becomes the leader.
+    pub(super) leadership: Option<watch::Receiver<bool>>,
+}
+
+/// A workload controller (StorageVolume or ComputeInstance) on kube-runtime's `applier`,
+/// which reads the workloads its triggers stage (see [`crate::workload_store`]). Runs until
+/// `shutdown`, then finishes the reconciles under way.
+pub(super) fn workload_controller<K, F, Fut>(
+    store: &WorkloadStore<K>,
+    triggers: WorkloadTriggers<K>,
+    reconcile: F,
+    ctx: Arc<Context>,
     config: kube::runtime::controller::Config,
-    lease_rx: Option<watch::Receiver<bool>>,
     shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
-) -> Controller<Packed<K>> {
-    let on_servers = store.clone();
-    let on_tenants = store.clone();
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: PackedWorkload,
+    F: Fn(Arc<Packed<K>>, Arc<Context>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Action, controller::Error>> + Send + 'static,
+{
+    let (servers, server_events) = triggers.servers;
+    let (namespaces, tenant_events) = triggers.tenants;
+    let (on_servers, on_tenants, all, stage, settle) = (
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+    );
     let policy = PolicyChanges::default();
-    children(lean(events, store).with_config(config))
-        .watches_shared_stream(server_events, move |s: Arc<PackedServer>| {
-            on_server(&on_servers, &servers, &s)
-        })
+    let queue = futures::stream::select_all([
+        triggers.own.boxed(),
+        triggers.children,
+        server_events
+            .flat_map(move |s| futures::stream::iter(on_server(&on_servers, &servers, &s)))
+            .boxed(),
         // A tenant's classification raised or residency narrowed: its replicas are re-checked.
-        .watches_shared_stream(tenant_events, move |t: Arc<Tenant>| {
-            if policy.changed(&t) {
-                of_tenant(&on_tenants, &namespaces, &t)
-            } else {
-                Vec::new()
+        tenant_events
+            .flat_map(move |t| {
+                futures::stream::iter(if policy.changed(&t) {
+                    of_tenant(&on_tenants, &namespaces, &t)
+                } else {
+                    Vec::new()
+                })
+            })
+            .boxed(),
+        on_leadership(triggers.leadership)
+            .flat_map(move |()| {
+                futures::stream::iter(
+                    all.state()
+                        .iter()
+                        .map(|w| w.object_ref())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .boxed(),
+    ])
+    .take_until(shutdown)
+    .filter_map(move |r| {
+        let request = stage
+            .stage(&r)
+            .then(|| Ok::<_, std::convert::Infallible>(ReconcileRequest::from(r)));
+        std::future::ready(request)
+    });
+    let reconciler = move |obj: Arc<Packed<K>>, ctx: Arc<Context>| {
+        let trigger = settle.trigger_of(&obj);
+        let settle = settle.clone();
+        let reconciled = reconcile(obj.clone(), ctx);
+        Box::pin(async move {
+            let result = reconciled.await;
+            if let (Ok(action), Some(trigger)) = (&result, trigger)
+                && *action == Action::await_change()
+            {
+                settle.settled(&obj, trigger);
             }
+            result
         })
-        .reconcile_all_on(on_leadership(lease_rx))
-        .graceful_shutdown_on(shutdown)
+    };
+    kube::runtime::applier(
+        reconciler,
+        controller::hardware::error_policy,
+        ctx,
+        store.staging(),
+        queue,
+        config,
+    )
+    .for_each(|_| async {})
 }
 
 /// Which Tenant events change its policy (a new generation: classification, residency,
@@ -329,27 +432,27 @@ impl PolicyChanges {
 }
 
 /// Workloads in the namespaces of a tenant.
-pub(super) fn of_tenant<K>(
-    store: &Store<K>,
+pub(super) fn of_tenant<K: PackedWorkload>(
+    store: &WorkloadStore<K>,
     namespaces: &Store<Namespace>,
     t: &Tenant,
-) -> Vec<ObjectRef<K>>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
+) -> Vec<ObjectRef<Packed<K>>> {
     let tenant = t.metadata.name.as_deref().unwrap_or_default();
     store
         .state()
         .iter()
         .filter(|w| {
-            w.meta().namespace.as_deref().is_some_and(|ns| {
-                namespaces
-                    .get(&ObjectRef::new(ns))
-                    .is_some_and(|n| by_tenant_label(n.as_ref()).is_some_and(|r| r.name == tenant))
-            })
+            namespaces
+                .get(&ObjectRef::new(w.namespace()))
+                .is_some_and(|n| by_tenant_label(n.as_ref()).is_some_and(|r| r.name == tenant))
         })
-        .map(|w| ObjectRef::from(w.as_ref()))
+        .map(|w| w.object_ref())
         .collect()
+}
+
+/// A workload reference's namespace (for tenant triggers).
+fn namespace_of<K: kube::Resource>(r: ObjectRef<K>) -> String {
+    r.namespace.unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -373,17 +476,15 @@ mod tests {
 
     #[test]
     fn only_a_server_replicas_must_leave_wakes_its_workloads() {
-        let (volumes, mut vw) =
-            reflector::store::<crate::packed::Packed<sovereign_crds::StorageVolume>>();
-        vw.apply_watcher_event(&Event::Apply(
-            serde_json::from_value(json!({
+        let volumes = crate::workload_store::WorkloadStore::<sovereign_crds::StorageVolume>::listed(
+            [serde_json::from_value(json!({
                 "apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume",
                 "metadata": {"name": "db", "namespace": "t"},
                 "spec": {"size": "1Gi", "tier": "ssd"},
                 "status": {"phase": "Bound", "replicas": [{"index": 0, "server": "s1", "rack": "r1", "site": "x", "state": "Ready"}]}
             }))
-            .unwrap(),
-        ));
+            .unwrap()],
+        );
         let (servers, mut sw) = reflector::store::<crate::packed::PackedServer>();
         let fine = server("s1", "True");
         sw.apply_watcher_event(&Event::Apply(fine.clone()));
