@@ -72,13 +72,37 @@ struct Inner<K: PackedWorkload> {
     staging: Writer<Packed<K>>,
 }
 
+/// Staged workloads below which a staging store grown by a burst is rebuilt to their size.
+const SPARSE: usize = 4096;
+
 impl<K: PackedWorkload> Inner<K> {
     fn unstage(&mut self, id: &str) {
         if self.staged.remove(id).is_some() {
             let (ns, name) = id.split_once('/').unwrap_or(("", id));
             self.staging
                 .apply_watcher_event(&watcher::Event::Delete(Packed::named(ns, name)));
+            self.shrink_if_sparse();
         }
+    }
+
+    /// Hash tables keep the size a burst gave them (thousands of workloads staged at once):
+    /// once an eighth of that is left, the staging store is re-listed from what is staged (a
+    /// fresh table) and the trigger index shrunk. Amortised: it takes another burst to grow
+    /// them again.
+    fn shrink_if_sparse(&mut self) {
+        let capacity = self.staged.capacity();
+        if capacity < SPARSE || self.staged.len() > capacity / 8 {
+            return;
+        }
+        self.staged.shrink_to_fit();
+        self.staging.apply_watcher_event(&watcher::Event::Init);
+        for id in self.staged.keys() {
+            if let Some(held) = self.held.get(&**id) {
+                self.staging
+                    .apply_watcher_event(&watcher::Event::InitApply(held.0.to_packed()));
+            }
+        }
+        self.staging.apply_watcher_event(&watcher::Event::InitDone);
     }
 }
 
@@ -404,6 +428,33 @@ mod tests {
         let began = store.trigger_of(&second).unwrap();
         store.settled(&second, began);
         assert_eq!(store.staged_len(), 0);
+    }
+
+    #[test]
+    fn a_staging_store_grown_by_a_burst_is_rebuilt_once_mostly_settled() {
+        let n = 2 * SPARSE;
+        let store = WorkloadStore::listed((0..n).map(|i| volume(&format!("v{i}"), "s1")));
+        let refs: Vec<_> = store.state().iter().map(|c| c.object_ref()).collect();
+        for r in &refs {
+            assert!(store.stage(r));
+        }
+        let grown = store.read().staged.capacity();
+        // All but a few settle; those few stay readable throughout.
+        for r in &refs[10..] {
+            let staged = store.staging().get(r).unwrap();
+            let trigger = store.trigger_of(&staged).unwrap();
+            store.settled(&staged, trigger);
+        }
+        assert_eq!(store.staged_len(), 10);
+        assert!(store.read().staged.capacity() < grown / 8, "shrunk");
+        for r in &refs[..10] {
+            let staged = store
+                .staging()
+                .get(r)
+                .expect("still staged after the rebuild");
+            assert!(store.trigger_of(&staged).is_some());
+        }
+        assert_eq!(store.staging().len(), 10);
     }
 
     #[test]
