@@ -15,7 +15,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// jemalloc, configured in `.cargo/config.toml`: glibc's arenas kept a placement burst's peak
-/// resident (5,000 Servers and 20,000 workloads: 81.9 MiB against 74.3 MiB, placement bench).
+/// resident (placement bench, docs/operations.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
