@@ -9,12 +9,14 @@
 //!   3. both again at a steady arrival rate (`--rate` per second, `--paced` objects each): the
 //!      latency a user sees when the system is not flooded.
 //!
-//! Prints the figures and the operator's RSS. The fake Nodes' Leases are renewed as kubelets
-//! would (when kube-scheduler is measured), so no Node turns unreachable during a run.
+//! Prints the figures and the operator's RSS: before the burst, at its end (the last reconciles
+//! may still run), and settled (`--settle-seconds` later, default 30: what it holds with the
+//! fleet and its workloads once the burst is done). The fake Nodes' Leases are renewed as
+//! kubelets would (when kube-scheduler is measured), so no Node turns unreachable during a run.
 //!
 //! `cargo bench -p sovereign-operator --bench placement -- [--nodes 1000] [--objects 5000]
 //!  [--paced 500] [--rate 40] [--concurrency N (the operator's --reconcile-concurrency)]
-//!  [--compare 0 (Sovereign only: a memory run at fleet scale)]`
+//!  [--compare 0 (Sovereign only: a memory run at fleet scale)] [--settle-seconds 30]`
 //!
 //! Run it on a control plane of its own (`K8S_BASE=... controlplane.sh up`, see README): it
 //! leaves its objects behind (`controlplane.sh clean` removes them).
@@ -33,7 +35,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use sovereign_crds::{ComputeInstance, Server};
-use sovereign_tests::bench::{arg, quantile, rss_kib};
+use sovereign_tests::bench::{arg, quantile, rss_kib, rss_split_kib};
 use sovereign_tests::e2e::{
     Cluster, FakeNode, bmc_sample, cluster, free_port, local_publisher, spawn_operator,
 };
@@ -293,6 +295,7 @@ async fn main() {
     let concurrency = arg("--concurrency", 0);
     // 0: Sovereign only (a memory run at fleet scale).
     let compare = arg("--compare", 1) > 0;
+    let settle = Duration::from_secs(arg("--settle-seconds", 30));
     let Some(cluster) = cluster("placement bench").await else {
         return;
     };
@@ -590,8 +593,16 @@ async fn main() {
         println!("fake Nodes Ready at the end: {ready}/{node_count}");
     }
     let end = rss_kib(op.child.id());
+    tokio::time::sleep(settle).await;
+    let settled = rss_kib(op.child.id());
+    let (anon, file) = rss_split_kib(op.child.id());
     println!(
-        "operator RSS: before the burst {} KiB, after {} KiB, at the end {} KiB, VmHWM {} KiB",
-        rss_before.0, rss_after_burst.0, end.0, end.1
+        "operator RSS: before the burst {} KiB, after {} KiB, at the end {} KiB, settled ({} s later) {} KiB (anonymous {anon}, file {file}), VmHWM {} KiB",
+        rss_before.0,
+        rss_after_burst.0,
+        end.0,
+        settle.as_secs(),
+        settled.0,
+        settled.1
     );
 }

@@ -12,16 +12,22 @@ pub fn arg(name: &str, default: u64) -> u64 {
 
 /// (VmRSS, VmHWM) of a process in KiB (0 when unreadable).
 pub fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"))
+}
+
+/// Of the RSS, anonymous memory (heap, stacks) and file pages (the binary's code).
+pub fn rss_split_kib(pid: u32) -> (u64, u64) {
+    (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"))
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `q` quantile (0..=1) of `samples` (sorted here), NaN when empty.

@@ -352,6 +352,8 @@ impl Metrics {
         if entry.at != *at {
             entry.at = at.clone();
         }
+        // Held per server until the next sample: no growth slack (thousands of servers).
+        values.shrink_to_fit();
         // Every value of this source is replaced, so one the BMC stopped reporting goes.
         match source {
             Some(Source::Redfish) => entry.bmc = values,
