@@ -10,9 +10,10 @@
 //! [`Compact`] (no `ObjectMeta`) by [`crate::workload_store`].
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use kube::api::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -22,8 +23,25 @@ use sovereign_placement::from_crds::ServerFacts;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spot {
     pub index: u8,
-    pub server: Box<str>,
-    pub site: Box<str>,
+    /// Server and site names are shared by every spot naming them ([`interned`]).
+    pub server: Arc<str>,
+    pub site: Arc<str>,
+}
+
+/// One shared copy of a server or site name: tens of thousands of replicas name a few
+/// thousand servers. Names are kept for the process's life (bounded by the fleet's).
+pub fn interned(name: &str) -> Arc<str> {
+    static NAMES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    let n: Arc<str> = name.into();
+    names.insert(n.clone());
+    n
 }
 
 /// A kind that can be held packed.
@@ -334,8 +352,8 @@ impl Packable for sovereign_crds::ComputeInstance {
             .flat_map(|s| &s.replicas)
             .map(|r| Spot {
                 index: r.index,
-                server: r.server.as_str().into(),
-                site: r.site.as_deref().unwrap_or_default().into(),
+                server: interned(&r.server),
+                site: interned(r.site.as_deref().unwrap_or_default()),
             })
             .collect()
     }
@@ -359,8 +377,8 @@ impl Packable for sovereign_crds::StorageVolume {
             .flat_map(|s| &s.replicas)
             .map(|r| Spot {
                 index: r.index,
-                server: r.server.as_str().into(),
-                site: r.site.as_str().into(),
+                server: interned(&r.server),
+                site: interned(&r.site),
             })
             .collect()
     }
@@ -426,6 +444,16 @@ mod tests {
             assert_eq!(p.brief(), &ServerFacts::of(&v));
             assert!(p.packed_len() < serde_json::to_vec(&v).unwrap().len() / 2);
         }
+    }
+
+    #[test]
+    fn replicas_on_one_server_share_its_name() {
+        let c: ComputeInstance =
+            serde_json::from_value(ComputeInstance::samples().remove(0)).unwrap();
+        let (a, b) = (Packed::pack(c.clone()).unwrap(), Packed::pack(c).unwrap());
+        assert!(!a.spots().is_empty());
+        assert!(Arc::ptr_eq(&a.spots()[0].server, &b.spots()[0].server));
+        assert!(Arc::ptr_eq(&a.spots()[0].site, &b.spots()[0].site));
     }
 
     #[test]

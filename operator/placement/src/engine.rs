@@ -5,8 +5,9 @@
 //! passes every filter. Slow path, only when nothing fits: every server is run through the same
 //! [`Placer::check`] to count why each one was removed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sovereign_crds::Spread;
@@ -201,7 +202,8 @@ pub struct Slot {
 /// A consumer's allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocation {
-    pub tenant: String,
+    /// Shared by the tenant's allocations (tens of thousands of them name a few tenants).
+    pub tenant: Arc<str>,
     pub slots: Vec<Slot>,
 }
 
@@ -215,7 +217,10 @@ pub struct Placer {
     rack_watts: Vec<u64>,
     site_used: Vec<Resources>,
     tenant_used: HashMap<String, Resources>,
-    allocations: HashMap<String, Allocation>,
+    /// Consumer → allocation; keys without growth slack (one per workload).
+    allocations: HashMap<Box<str>, Allocation>,
+    /// Tenant names the allocations share.
+    tenant_names: HashSet<Arc<str>>,
     keys: Vec<u32>,
     order: BTreeSet<(u32, u32)>,
     /// Servers of each site, for explaining refusals site by site.
@@ -242,6 +247,7 @@ impl Placer {
             site_used: vec![Resources::ZERO; inv.sites.len()],
             tenant_used: HashMap::new(),
             allocations: HashMap::new(),
+            tenant_names: HashSet::new(),
             keys: vec![0; n],
             order: BTreeSet::new(),
             site_servers: site_servers(&inv),
@@ -286,8 +292,8 @@ impl Placer {
         self.allocations.get(consumer)
     }
 
-    pub fn allocations(&self) -> impl Iterator<Item = (&String, &Allocation)> {
-        self.allocations.iter()
+    pub fn allocations(&self) -> impl Iterator<Item = (&str, &Allocation)> {
+        self.allocations.iter().map(|(c, a)| (&**c, a))
     }
 
     /// Dominant utilisation (the most-used class) in parts per million.
@@ -499,7 +505,7 @@ impl Placer {
 
     /// Decides without committing.
     pub fn plan(&self, req: &Request) -> Result<Decision, Refusal> {
-        if self.allocations.contains_key(&req.consumer) {
+        if self.allocations.contains_key(req.consumer.as_str()) {
             return Err(Refusal::Ledger {
                 consumer: req.consumer.clone(),
                 message: format!("{} is already placed; release it first", req.consumer),
@@ -585,13 +591,15 @@ impl Placer {
         for slot in &slots {
             self.add_slot(tenant, slot);
         }
-        self.allocations.insert(
-            consumer.to_owned(),
-            Allocation {
-                tenant: tenant.to_owned(),
-                slots,
-            },
-        );
+        let tenant = if let Some(t) = self.tenant_names.get(tenant) {
+            t.clone()
+        } else {
+            let t: Arc<str> = tenant.into();
+            self.tenant_names.insert(t.clone());
+            t
+        };
+        self.allocations
+            .insert(consumer.into(), Allocation { tenant, slots });
     }
 
     /// Releases a consumer's allocation, restoring capacity exactly.
@@ -609,7 +617,7 @@ impl Placer {
     pub fn grow(&mut self, req: &Request) -> Result<Vec<Placement>, Refusal> {
         let alloc = self
             .allocations
-            .get(&req.consumer)
+            .get(req.consumer.as_str())
             .ok_or_else(|| Refusal::Ledger {
                 consumer: req.consumer.clone(),
                 message: format!("{} has no allocation to grow", req.consumer),
@@ -633,7 +641,7 @@ impl Placer {
                 watts: req.watts_per_replica,
             };
             self.add_slot(&tenant, &slot);
-            if let Some(a) = self.allocations.get_mut(&req.consumer) {
+            if let Some(a) = self.allocations.get_mut(req.consumer.as_str()) {
                 a.slots.push(slot);
             }
             placements.push(self.placement(replica, i));
@@ -667,7 +675,7 @@ impl Placer {
         };
         let alloc = self
             .allocations
-            .get(&req.consumer)
+            .get(req.consumer.as_str())
             .cloned()
             .ok_or_else(|| ledger(format!("{} has no allocation to re-place", req.consumer)))?;
         let k = usize::from(replica);
@@ -696,7 +704,7 @@ impl Placer {
                 };
                 let placement = self.placement(replica, new.server);
                 self.add_slot(&alloc.tenant, &new);
-                if let Some(a) = self.allocations.get_mut(&req.consumer) {
+                if let Some(a) = self.allocations.get_mut(req.consumer.as_str()) {
                     a.slots[k] = new;
                 }
                 Ok(placement)

@@ -450,7 +450,7 @@ impl Ledger {
         state
             .placer
             .as_ref()
-            .map(|p| p.allocations().map(|(c, _)| c.clone()).collect())
+            .map(|p| p.allocations().map(|(c, _)| c.to_owned()).collect())
             .unwrap_or_default()
     }
 }
