@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
+
+use kube::Resource;
 use serde::Serialize;
 use sovereign_crds::{ConditionStatus, Rack, Server, Site};
 use sovereign_telemetry::proto::Source;
@@ -96,10 +96,10 @@ async fn ensure_taint(
     node_name: &str,
     desired: Option<&Taint>,
 ) -> Result<bool, Error> {
-    let Some(node) = ctx.nodes.get(&ObjectRef::new(node_name)) else {
+    let Some(node) = ctx.nodes.get(node_name) else {
         return Ok(false);
     };
-    let current: Vec<NodeTaint> = node.taints().to_vec();
+    let current: Vec<NodeTaint> = node.taints.to_vec();
     let mut wanted: Vec<NodeTaint> = current
         .iter()
         .filter(|t| t.key != TAINT_KEY)
@@ -128,7 +128,7 @@ async fn ensure_taint(
     }
     let api: Api<Node> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
-        "metadata": {"resourceVersion": node.resource_version()},
+        "metadata": {"resourceVersion": node.resource_version},
         "spec": {"taints": wanted},
     });
     api.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))

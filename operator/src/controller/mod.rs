@@ -189,7 +189,7 @@ pub struct Context {
     pub servers: Store<crate::packed::PackedServer>,
     pub racks: Store<Rack>,
     pub sites: Store<Site>,
-    pub nodes: Store<crate::node_taints::NodeTaints>,
+    pub nodes: Arc<crate::node_taints::NodeIndex>,
     pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
     /// Workloads, compact (see [`crate::workload_store`]): a reconcile unpacks the one it
     /// works on.

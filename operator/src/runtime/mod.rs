@@ -31,7 +31,7 @@ use crate::workload_store;
 
 mod wiring;
 use wiring::{
-    TenantInputs, WorkloadTriggers, hub_triggers, lean, ledger_follows, node_store, on_leadership,
+    TenantInputs, WorkloadTriggers, hub_triggers, lean, ledger_follows, on_leadership,
     owned_objects, owners_of, tenant_controller, workload_controller,
 };
 
@@ -266,7 +266,7 @@ pub async fn run(
     )?;
     let hub = front.hub();
     let (sites, [site_events]) = inventory::<Site, 1>(&client, "Site", &ledger, |_| {})?;
-    let nodes = node_store(&client);
+    let nodes = crate::node_taints::NodeIndex::watch(client.clone());
     let (namespaces, [namespace_events]) = shared::<Namespace, 1>(&client, "Namespace", |_| {})?;
     // Workloads are held compact (see `crate::workload_store`): tens of thousands of them were
     // the largest part of the operator's memory.

@@ -18,13 +18,12 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use sovereign_crds::{ComputeInstance, StorageVolume, Tenant};
-use sovereign_telemetry::cluster::{Watched, mirror};
+use sovereign_telemetry::cluster::Watched;
 use sovereign_telemetry::hub::Hub;
 use tokio::sync::watch;
 
 use crate::controller::ledger::{Followed, Ledger};
 use crate::controller::{self, Context, tenant};
-use crate::node_taints::NodeTaints;
 use crate::packed::{Packed, PackedServer, PackedWorkload};
 use crate::workload_store::{Observed, Subscription, WorkloadStore};
 
@@ -123,15 +122,6 @@ pub(super) fn on_leadership(
             }
         }
     })
-}
-
-/// Node store holding only what the taint writer reads (see [`NodeTaints`]).
-pub(super) fn node_store(client: &kube::Client) -> Store<NodeTaints> {
-    mirror(
-        Api::<NodeTaints>::all(client.clone()),
-        watcher::Config::default(),
-        "Node",
-    )
 }
 
 /// Objects the operator owns in tenant namespaces carry the tenant's label: a change to one
