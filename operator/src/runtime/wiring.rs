@@ -490,6 +490,27 @@ mod tests {
     }
 
     #[test]
+    fn a_child_wakes_the_workloads_of_its_kind_that_own_it() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "namespace": "t", "ownerReferences": [
+                {"apiVersion": "sovereign.io/v1alpha1", "kind": "ComputeInstance", "name": "web", "uid": "1"},
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "2"},
+                {"apiVersion": "sovereign.io/v1alpha1", "kind": "StorageVolume", "name": "db", "uid": "3"}]}
+        }))
+        .unwrap();
+        let owners = super::owners::<sovereign_crds::ComputeInstance>(&pod.metadata);
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].name.as_str(), owners[0].namespace.as_deref()),
+            ("web", Some("t"))
+        );
+        assert!(
+            super::owners::<sovereign_crds::StorageVolume>(&kube::api::ObjectMeta::default())
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn only_a_new_tenant_generation_wakes_its_workloads() {
         let tenant = |generation: i64, used: &str| -> sovereign_crds::Tenant {
             serde_json::from_value(json!({
