@@ -253,14 +253,9 @@ impl<K: PackedWorkload> Compact<K> {
     /// As the controllers read it.
     pub fn to_packed(&self) -> Packed<K> {
         Packed {
-            meta: ObjectMeta {
-                name: Some(self.name().to_owned()),
-                namespace: Some(self.namespace().to_owned()),
-                ..ObjectMeta::default()
-            },
             brief: self.spots.clone(),
             body: self.body.clone(),
-            kind: PhantomData,
+            ..Packed::named(self.namespace(), self.name())
         }
     }
 
