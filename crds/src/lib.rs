@@ -123,7 +123,38 @@ const HEADER: &str =
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let body = serde_yaml_ng::to_string(crd).map_err(|source| CrdError::Yaml { name, source })?;
-    Ok(format!("{HEADER}{body}"))
+    Ok(format!("{HEADER}{}", yaml_1_1_safe(&body)))
+}
+
+/// Quotes the plain scalars YAML 1.1 reads as booleans (`On`, `Off`, `yes`, `n`, ...).
+/// serde_yaml_ng writes YAML 1.2, where they are strings, but kubectl and Helm read YAML 1.1:
+/// the Server CRD's power-state enum `[On, Off]` reached the API server as `[true, false]`
+/// and every status write with `On` was refused.
+pub fn yaml_1_1_safe(yaml: &str) -> String {
+    const BOOLISH: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let (text, newline) = line.strip_suffix('\n').map_or((line, ""), |t| (t, "\n"));
+        let split = text.rfind(": ").map(|i| i + 2).or_else(|| {
+            text.trim_start()
+                .starts_with("- ")
+                .then(|| text.find("- ").unwrap_or(0) + 2)
+        });
+        match split {
+            Some(at) if BOOLISH.contains(&&text[at..]) => {
+                out.push_str(&text[..at]);
+                out.push('\'');
+                out.push_str(&text[at..]);
+                out.push('\'');
+            }
+            _ => out.push_str(text),
+        }
+        out.push_str(newline);
+    }
+    out
 }
 
 /// Every CRD file as (file name, contents).
@@ -169,11 +200,6 @@ pub fn crd_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Helm chart's copy of the CRDs (`charts/sovereign/crds`), generated alongside.
-pub fn chart_crd_dir() -> PathBuf {
-    crd_dir().join("../charts/sovereign/crds")
-}
-
 /// The admission policies, generated beside the CRDs and into the chart's templates: each
 /// file and what it holds.
 pub fn admission_files() -> Result<Vec<(PathBuf, String)>, serde_yaml_ng::Error> {
@@ -191,6 +217,59 @@ pub fn admission_files() -> Result<Vec<(PathBuf, String)>, serde_yaml_ng::Error>
 }
 
 /// Every directory the CRD YAML is generated into.
-pub fn crd_dirs() -> [PathBuf; 2] {
-    [crd_dir(), chart_crd_dir()]
+pub fn crd_dirs() -> [PathBuf; 1] {
+    [crd_dir()]
+}
+
+/// The chart's CRDs: templates (not `crds/`, which Helm never upgrades), so `helm upgrade`
+/// and `helm rollback` carry schema changes; kept on uninstall (removing a CRD deletes every
+/// tenant's objects of its kind), as cert-manager ships its own.
+pub fn chart_crds_file() -> PathBuf {
+    crd_dir().join("../charts/sovereign/templates/crds.yaml")
+}
+
+/// The chart's templated CRD file (see [`chart_crds_file`]).
+pub fn chart_crds() -> Result<String, CrdError> {
+    let mut out = format!("{{{{- if .Values.crds.enabled }}}}\n{HEADER}");
+    for mut crd in crds() {
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("helm.sh/resource-policy".into(), "keep".into());
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let body =
+            serde_yaml_ng::to_string(&crd).map_err(|source| CrdError::Yaml { name, source })?;
+        out.push_str("---\n");
+        out.push_str(&yaml_1_1_safe(&body));
+    }
+    out.push_str("{{- end }}\n");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_yaml_1_1_reads_as_booleans_are_quoted_and_real_booleans_are_not() {
+        let yaml =
+            "enum:\n- On\n- Off\n- PoweringOn\nserved: true\nx: no\ndescription: Turned On\n";
+        assert_eq!(
+            yaml_1_1_safe(yaml),
+            "enum:\n- 'On'\n- 'Off'\n- PoweringOn\nserved: true\nx: 'no'\ndescription: Turned On\n"
+        );
+    }
+
+    #[test]
+    fn the_server_crd_keeps_its_power_states_as_strings_for_kubectl_and_helm() {
+        let servers = rendered()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name.contains("servers"))
+            .unwrap()
+            .1;
+        assert!(servers.contains("- 'On'\n"), "{servers}");
+        assert!(!servers.contains("- On\n"));
+        assert!(chart_crds().unwrap().contains("- 'On'\n"));
+    }
 }

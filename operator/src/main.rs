@@ -282,8 +282,8 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 options.validate()?;
             }
             if check_only {
-                crds::require_current(&client).await?;
-                println!("CRDs up to date");
+                crds::require_current(&client, Duration::from_secs(timeout_seconds)).await?;
+                println!("CRDs serve what this operator needs");
             } else {
                 crds::install(&client, Duration::from_secs(timeout_seconds)).await?;
                 println!("CRDs installed and established");

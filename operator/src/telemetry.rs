@@ -49,7 +49,7 @@ pub enum TelemetryError {
     #[error(transparent)]
     Export(#[from] export::ExportError),
     #[error("telemetry gRPC server: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    Serve(#[from] sovereign_telemetry::ServeError),
 }
 
 /// How the front is served.
@@ -200,10 +200,16 @@ impl Front {
     ) -> Result<Self, TelemetryError> {
         options.validate()?;
         let tls = match (&options.tls, options.plaintext) {
-            (Some((cert, key)), _) => Some(ServerTls {
-                cert_pem: read(cert)?,
-                key_pem: read(key)?,
-            }),
+            (Some((cert, key)), _) => {
+                // Read now so a missing file fails at start, not at the first handshake.
+                read(cert)?;
+                read(key)?;
+                Some(ServerTls::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    every: sovereign_telemetry::tls::RELOAD_EVERY,
+                })
+            }
             (None, true) => {
                 tracing::warn!("telemetry endpoint without TLS (--plaintext-telemetry)");
                 None

@@ -79,3 +79,11 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
+
+{{/* Non-empty when the chart makes the operator's CA and certificate itself. */}}
+{{- define "sovereign.tlsGenerated" -}}
+{{- $tls := .Values.tls -}}
+{{- if and (not $tls.plaintext) (not $tls.certManager.enabled) (not $tls.caBundle) $tls.generate -}}
+true
+{{- end -}}
+{{- end }}

@@ -1,5 +1,5 @@
-//! Writes the CRD YAML under `crds/` and `charts/sovereign/crds/` and the admission policies
-//! (`crds/admission/`, the chart's templates), or with `--check` fails when the committed files
+//! Writes the CRD YAML under `crds/` and the chart's `templates/crds.yaml`, and the admission
+//! policies (`crds/admission/`, the chart's templates), or with `--check` fails when the committed files
 //! drift.
 
 use std::process::ExitCode;
@@ -40,10 +40,16 @@ fn main() -> ExitCode {
             }
         }
     }
-    let files = match sovereign_crds::admission_files() {
+    let files = match sovereign_crds::admission_files()
+        .map_err(|e| e.to_string())
+        .and_then(|mut files| {
+            let chart = sovereign_crds::chart_crds().map_err(|e| e.to_string())?;
+            files.push((sovereign_crds::chart_crds_file(), chart));
+            Ok(files)
+        }) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("crdgen: admission policies: {e}");
+            eprintln!("crdgen: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -51,7 +57,7 @@ fn main() -> ExitCode {
         if check {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(policies.as_str()) {
                 eprintln!(
-                    "drift: {} differs from the generated admission policies; run hack/crdgen.sh",
+                    "drift: {} differs from what crdgen generates; run hack/crdgen.sh",
                     path.display()
                 );
                 ok = false;

@@ -36,7 +36,7 @@ pub enum Reason {
 
 impl Reason {
     /// Number of distinct reasons, for counting in a fixed array.
-    const COUNT: usize = 20;
+    const COUNT: usize = 21;
 
     fn slot(self) -> usize {
         match self {
@@ -44,12 +44,12 @@ impl Reason {
             Reason::SiteNotAllowed => 1,
             Reason::SecurityTierBelow => 2,
             Reason::Unhealthy(u) => 3 + u as usize,
-            Reason::HoldsReplica => 9,
-            Reason::SameRack => 10,
-            Reason::SameSite => 11,
-            Reason::NoEncryption => 12,
-            Reason::Insufficient(c) => 13 + c as usize,
-            Reason::RackPowerBudget => 19,
+            Reason::HoldsReplica => 10,
+            Reason::SameRack => 11,
+            Reason::SameSite => 12,
+            Reason::NoEncryption => 13,
+            Reason::Insufficient(c) => 14 + c as usize,
+            Reason::RackPowerBudget => 20,
         }
     }
 

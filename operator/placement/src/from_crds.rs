@@ -177,6 +177,9 @@ impl ServerFacts {
         if self.maintenance {
             return Some(Unhealthy::Maintenance);
         }
+        if self.node.is_none() {
+            return Some(Unhealthy::NoNode);
+        }
         let Some(status) = &self.status else {
             return (!policy.assume_healthy_without_telemetry).then_some(Unhealthy::TelemetryStale);
         };
@@ -477,7 +480,7 @@ mod tests {
             "s1",
             ServerSpec {
                 rack: "r1".into(),
-                node_name: None,
+                node_name: Some("node-1".into()),
                 bmc: BmcSpec {
                     address: "https://10.0.0.1".into(),
                     credentials_secret_ref: SecretReference {
@@ -574,6 +577,13 @@ mod tests {
     #[test]
     fn health_from_status() {
         assert_eq!(server_health(&server(Some(fresh())), &policy(false)), None);
+        // A server that has not joined the cluster can host no Pod or local volume.
+        let mut unjoined = server(Some(fresh()));
+        unjoined.spec.node_name = None;
+        assert_eq!(
+            server_health(&unjoined, &policy(true)),
+            Some(Unhealthy::NoNode)
+        );
         assert_eq!(
             server_health(&server(None), &policy(false)),
             Some(Unhealthy::TelemetryStale)

@@ -18,6 +18,8 @@ pub enum Unhealthy {
     TelemetryStale,
     NotReady,
     HealthCritical,
+    /// Not a Kubernetes Node (no `nodeName`): nowhere to bind a Pod or a local volume.
+    NoNode,
 }
 
 impl fmt::Display for Unhealthy {
@@ -29,6 +31,7 @@ impl fmt::Display for Unhealthy {
             Unhealthy::TelemetryStale => "telemetry stale",
             Unhealthy::NotReady => "not ready",
             Unhealthy::HealthCritical => "health critical",
+            Unhealthy::NoNode => "not a node of the cluster",
         })
     }
 }

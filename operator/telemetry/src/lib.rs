@@ -14,6 +14,9 @@ pub mod cluster;
 pub mod export;
 pub mod hub;
 pub mod metrics;
+pub mod tls;
+
+pub use tls::ServerTls;
 
 /// The agents' side, from `sovereign-telemetry-api` (re-exported: tests and benches publish).
 pub use sovereign_telemetry_api::publisher;
@@ -129,19 +132,6 @@ impl<V: TokenVerifier> proto::telemetry_server::Telemetry for TelemetryService<V
     }
 }
 
-/// The operator's certificate and key (PEM) for the telemetry endpoint.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").finish_non_exhaustive()
-    }
-}
-
 /// Serves the telemetry service on `listener` until `shutdown` resolves, over plain HTTP/2
 /// (tests, or behind a TLS-terminating mesh). Prefer [`serve_tls`]: agents send bearer tokens.
 pub async fn serve<V: TokenVerifier>(
@@ -149,7 +139,7 @@ pub async fn serve<V: TokenVerifier>(
     hub: Arc<Hub>,
     verifier: Arc<V>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     serve_tls(
         listener,
         TelemetryService::new(hub, verifier),
@@ -165,18 +155,32 @@ pub async fn serve_tls<V: TokenVerifier>(
     service: TelemetryService<V>,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let service = proto::telemetry_server::TelemetryServer::new(service)
         // Samples are small; refuse anything that is not.
         .max_decoding_message_size(64 * 1024);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),
-        ))?;
+    let router = tonic::transport::Server::builder().add_service(service);
+    match tls {
+        Some(tls) => {
+            let acceptor = tls::acceptor(&tls)?;
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, acceptor), shutdown)
+                .await?;
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
     }
-    builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    Ok(())
+}
+
+/// Why the telemetry server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
 }

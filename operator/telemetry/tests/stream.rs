@@ -228,9 +228,9 @@ async fn over_tls_the_agent_verifies_the_operator() {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
-    let tls = ServerTls {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+    let tls = ServerTls::Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
     };
     let hub = Arc::new(Hub::new(64));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -286,6 +286,72 @@ async fn over_tls_the_agent_verifies_the_operator() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A certificate rotated on disk (cert-manager renewing it, the chart signing a new one on
+/// upgrade) is served to the next connection without restarting the server: an agent that
+/// trusts only the new CA gets through once the files change, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("sovereign-tls-rotation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let issue = |ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, ca)
+            .unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+    };
+    let (old_ca, new_ca) = (ca(), ca());
+    issue(&old_ca);
+    let hub = Arc::new(Hub::new(64));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let verifier = Arc::new(StaticTokens::new([(
+        "good-token".to_owned(),
+        Identity::collector(AGENT),
+    )]));
+    let tls = ServerTls::Files {
+        cert: cert_file.clone(),
+        key: key_file.clone(),
+        every: Duration::from_millis(100),
+    };
+    let server = tokio::spawn(serve_tls(
+        listener,
+        TelemetryService::new(hub.clone(), verifier),
+        Some(tls),
+        std::future::pending(),
+    ));
+    let trusting = |ca_pem: String| PublisherConfig {
+        endpoint: format!("https://{addr}"),
+        ca_pem: Some(ca_pem),
+        ..config(addr)
+    };
+    let (early, early_task) =
+        publisher::start(trusting(new_ca.pem()), || Some("good-token".into()));
+    assert!(early.offer(sample("hn1-r01-s01", now_ms(), 1.0)));
+    eventually("the new CA is refused before the rotation", || {
+        early.stats().failures.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(early.stats().sent.load(Ordering::Relaxed), 0);
+    drop(early);
+    early_task.abort();
+
+    issue(&new_ca);
+    let (publisher, task) = publisher::start(trusting(new_ca.pem()), || Some("good-token".into()));
+    assert!(publisher.offer(sample("hn1-r01-s02", now_ms(), 2.0)));
+    eventually("a sample over the rotated certificate", || {
+        !hub.latest("hn1-r01-s02").is_empty()
+    })
+    .await;
+    drop(publisher);
+    task.abort();
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With two operator replicas, only the Lease holder takes samples: a follower refuses the
