@@ -27,6 +27,7 @@ NS=sovereign-system
 export K8S_BASE=$STATE/k8s API_PORT=${DEMO_API_PORT:-36443} ETCD_PORT=32379 ETCD_PEER_PORT=32380 \
   KCM_PORT=40257 SCHED_PORT=40259
 HELM=$ROOT/.tools/bin/helm
+export PATH="${K8S_BIN_CACHE:-/tmp/sovereign-k8s/bin}:$PATH"
 
 say() { printf '\033[1m== %s\033[0m  (%ss)\n' "$*" "$(($(date +%s) - STARTED))"; }
 
@@ -41,9 +42,30 @@ down() {
     kind delete cluster --name sovereign-demo || true
     rm -f "$STATE/kind"
   elif [ -f "$STATE/controlplane" ]; then
+    stop_pods
     WITH_NODE=1 bash "$CONTROLPLANE" down >/dev/null 2>&1 || true
     rm -f "$STATE/controlplane"
   fi
+}
+
+# The node's pods go before the node: `controlplane.sh down` leaves containers running (their
+# shims outlive containerd), and a later cluster hands their addresses to new pods, which then
+# reach the old ones. The kubelet tears pods down (network included); what it leaves, this kills.
+stop_pods() {
+  if [ -f "$STATE/kubeconfig" ]; then
+    # Controllers first (they would recreate what is deleted), then every pod left.
+    KUBECONFIG=$STATE/kubeconfig timeout 90 "$HELM" uninstall sovereign -n "$NS" --wait >/dev/null 2>&1 || true
+    KUBECONFIG=$STATE/kubeconfig timeout 60 kubectl delete pods --all -A --wait=true >/dev/null 2>&1 || true
+  fi
+  local shim pid netns=()
+  for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $K8S_BASE/node/containerd" || true); do
+    for pid in $(pgrep -P "$shim" || true); do
+      netns+=("$(ip netns identify "$pid" 2>/dev/null || true)")
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    kill -KILL "$shim" 2>/dev/null || true
+  done
+  for n in "${netns[@]}"; do [ -n "$n" ] && ip netns delete "$n" 2>/dev/null || true; done
 }
 
 if [ "${1:-}" = "--down" ] || [ -f "$STATE/pids" ]; then
@@ -203,7 +225,7 @@ kubectl apply -f "$STATE/workloads.yaml" >/dev/null
 say "waiting for telemetry and placement (up to 4 minutes)"
 kubectl -n moh-prod wait --for=condition=Placed storagevolume/records-db computeinstance/records-api --timeout=${SOVEREIGN_DEMO_WAIT:-240}s >/dev/null
 for _ in $(seq 1 120); do
-  phase=$(kubectl -n moh-prod get pods -l sovereign.io/instance=records-api -o jsonpath='{.items[0].status.phase}' 2>/dev/null || true)
+  phase=$(kubectl -n moh-prod get pods -l sovereign.io/workload=computeinstance-records-api -o jsonpath='{.items[0].status.phase}' 2>/dev/null || true)
   [ "$phase" = Running ] && break
   sleep 2
 done

@@ -128,6 +128,24 @@ pub fn mockups() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish-mockups")
 }
 
+/// Whether `../shared/redfish-mockups` is there; when not, says the test was skipped (a clone
+/// without `../shared`), or under CI (`CI=true`) fails it.
+pub fn have_mockups(test: &str) -> bool {
+    if mockups().is_dir() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {} is missing (CI=true: required)",
+        mockups().display()
+    );
+    eprintln!(
+        "SKIPPED {test}: no Redfish mockups at {} (clone the shared trees beside this repository)",
+        mockups().display()
+    );
+    false
+}
+
 /// Every tree there with a service root, as `group/name` (dmtf/*, vendor/*, variants/*), sorted.
 pub fn trees() -> Vec<String> {
     let mut out = Vec::new();

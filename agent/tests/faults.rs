@@ -35,6 +35,9 @@ async fn bmc(fault: Fault, latency: Duration) -> Running {
 
 #[tokio::test]
 async fn every_fault_is_one_bmcs_problem() {
+    if !sovereign_agent::mockbmc::have_mockups("every_fault_is_one_bmcs_problem") {
+        return;
+    }
     let cases: Vec<(&str, Fault, Duration, Option<FailureClass>)> = vec![
         ("healthy", Fault::None, Duration::ZERO, None),
         (
@@ -186,6 +189,9 @@ async fn every_fault_is_one_bmcs_problem() {
 
 #[tokio::test]
 async fn a_busy_bmc_is_left_alone_for_as_long_as_it_asks() {
+    if !sovereign_agent::mockbmc::have_mockups("a_busy_bmc_is_left_alone_for_as_long_as_it_asks") {
+        return;
+    }
     let busy = bmc(
         Fault::Unavailable {
             retry_after_seconds: 600,
@@ -227,6 +233,9 @@ async fn a_busy_bmc_is_left_alone_for_as_long_as_it_asks() {
 
 #[tokio::test]
 async fn credentials_are_checked_and_never_printed() {
+    if !sovereign_agent::mockbmc::have_mockups("credentials_are_checked_and_never_printed") {
+        return;
+    }
     let mut m = MockBmc::new(rackmount());
     m.credentials = Some(("sovereign-ro".into(), "s3cr3t-pass".into()));
     let s = mockbmc::start(m).await.unwrap();
@@ -250,6 +259,9 @@ async fn credentials_are_checked_and_never_printed() {
 
 #[tokio::test]
 async fn tls_needs_a_valid_ca_bundle_or_explicit_insecure() {
+    if !sovereign_agent::mockbmc::have_mockups("tls_needs_a_valid_ca_bundle_or_explicit_insecure") {
+        return;
+    }
     let mut ep = endpoint("https://127.0.0.1:9".into(), "u", "p");
     ep.ca_bundle_pem = Some("not a pem".into());
     let err = sovereign_agent::redfish::connect(&ep).err().unwrap();
@@ -260,6 +272,9 @@ async fn tls_needs_a_valid_ca_bundle_or_explicit_insecure() {
 /// some, and the class the operator turns into the condition reason.
 #[tokio::test]
 async fn failures_have_their_class_and_a_one_line_reason() {
+    if !sovereign_agent::mockbmc::have_mockups("failures_have_their_class_and_a_one_line_reason") {
+        return;
+    }
     let refused = |status: u16, id: &str, message: &str| Fault::Refused {
         status,
         message_id: id.into(),
@@ -313,6 +328,9 @@ async fn failures_have_their_class_and_a_one_line_reason() {
 /// A request that outlives its own timeout is `BmcTimeout`, not "unreachable".
 #[tokio::test]
 async fn a_request_timeout_is_a_timeout() {
+    if !sovereign_agent::mockbmc::have_mockups("a_request_timeout_is_a_timeout") {
+        return;
+    }
     let s = bmc(Fault::None, Duration::from_millis(800)).await;
     let mut ep = endpoint(s.url(), "root", "calvin");
     ep.timeout = Duration::from_millis(200);
@@ -328,6 +346,10 @@ async fn a_request_timeout_is_a_timeout() {
 /// attempt is a failed login the BMC counts towards locking the account).
 #[tokio::test]
 async fn a_refused_login_is_never_retried_in_the_same_poll() {
+    if !sovereign_agent::mockbmc::have_mockups("a_refused_login_is_never_retried_in_the_same_poll")
+    {
+        return;
+    }
     let mut m = MockBmc::new(rackmount());
     m.credentials = Some(("sovereign-ro".into(), "right".into()));
     let paths = m.paths.clone();

@@ -49,6 +49,11 @@ fn summary(s: &BmcSample) -> BmcSummary {
 
 #[tokio::test]
 async fn a_light_poll_reads_what_a_full_poll_reads_on_every_tree() {
+    if !sovereign_agent::mockbmc::have_mockups(
+        "a_light_poll_reads_what_a_full_poll_reads_on_every_tree",
+    ) {
+        return;
+    }
     let mut checked = 0;
     for tree in trees() {
         for expand in [false, true] {
@@ -112,6 +117,11 @@ fn copy_tree(tree: &str, name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn a_light_poll_sees_new_readings_health_and_intrusion() {
+    if !sovereign_agent::mockbmc::have_mockups(
+        "a_light_poll_sees_new_readings_health_and_intrusion",
+    ) {
+        return;
+    }
     // A rack server: power, a temperature and an intrusion change between two polls.
     let dir = copy_tree("dmtf/public-rackmount1", "rack");
     let m = MockBmc::new(&dir);
@@ -201,6 +211,11 @@ async fn a_light_poll_sees_new_readings_health_and_intrusion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background() {
+    if !sovereign_agent::mockbmc::have_mockups(
+        "a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background",
+    ) {
+        return;
+    }
     use sovereign_agent::poller::{Fleet, PollConfig};
     use std::time::Instant;
     // The DGX at 40 ms per request: its whole tree (262 requests) outlives a 1.5 s deadline,

@@ -33,6 +33,9 @@ async fn read_from(m: MockBmc) -> Result<BmcSample, redfish::RedfishError> {
 
 #[tokio::test]
 async fn every_mockup_tree_is_read() {
+    if !sovereign_agent::mockbmc::have_mockups("every_mockup_tree_is_read") {
+        return;
+    }
     let trees = trees();
     assert!(
         trees.len() >= 30,
@@ -72,6 +75,9 @@ async fn tree(name: &str) -> BmcSample {
 
 #[tokio::test]
 async fn rackmount_inventory_power_and_thermal() {
+    if !sovereign_agent::mockbmc::have_mockups("rackmount_inventory_power_and_thermal") {
+        return;
+    }
     let s = tree("dmtf/public-rackmount1").await;
     let sys = &s.systems[0];
     assert_eq!(sys.manufacturer.as_deref(), Some("Contoso"));
@@ -93,6 +99,9 @@ async fn rackmount_inventory_power_and_thermal() {
 
 #[tokio::test]
 async fn vendor_captures() {
+    if !sovereign_agent::mockbmc::have_mockups("vendor_captures") {
+        return;
+    }
     let dell = tree("vendor/dell").await;
     assert_eq!(dell.vendor.as_deref(), Some("Dell"));
     assert_eq!(dell.systems[0].model.as_deref(), Some("PowerEdge R750"));
@@ -130,6 +139,9 @@ async fn vendor_captures() {
 
 #[tokio::test]
 async fn intrusion_makes_a_server_critical() {
+    if !sovereign_agent::mockbmc::have_mockups("intrusion_makes_a_server_critical") {
+        return;
+    }
     for t in ["variants/rackmount1-intrusion", "variants/dell-intrusion"] {
         let s = tree(t).await;
         assert!(
@@ -144,6 +156,9 @@ async fn intrusion_makes_a_server_critical() {
 
 #[tokio::test]
 async fn worn_drive_is_reported() {
+    if !sovereign_agent::mockbmc::have_mockups("worn_drive_is_reported") {
+        return;
+    }
     let s = tree("variants/localstorage-wearout").await;
     let worn: Vec<_> = s
         .drives
@@ -186,6 +201,9 @@ const KNOWN: &[&str] = &[
 
 #[test]
 fn every_document_of_a_kind_we_read_decodes() {
+    if !sovereign_agent::mockbmc::have_mockups("every_document_of_a_kind_we_read_decodes") {
+        return;
+    }
     use sovereign_agent::redfish::{DocumentKind, parse_document};
     let mut files = Vec::new();
     documents(&mockups(), &mut files);
@@ -245,6 +263,11 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn subsystem_only_platforms_use_sensors_and_power_subsystem() {
+    if !sovereign_agent::mockbmc::have_mockups(
+        "subsystem_only_platforms_use_sensors_and_power_subsystem",
+    ) {
+        return;
+    }
     // The DMTF rack-mount server without its legacy Thermal and Power links.
     let dir = std::env::temp_dir().join(format!("sovereign-subsystem-only-{}", std::process::id()));
     copy_tree(&mockups().join("dmtf/public-rackmount1"), &dir);
@@ -275,6 +298,9 @@ async fn subsystem_only_platforms_use_sensors_and_power_subsystem() {
 
 #[tokio::test]
 async fn event_logs_are_read() {
+    if !sovereign_agent::mockbmc::have_mockups("event_logs_are_read") {
+        return;
+    }
     let dell = tree("vendor/dell").await;
     let sel: Vec<_> = dell
         .events
@@ -305,6 +331,9 @@ async fn event_logs_are_read() {
 /// is read from every page, oldest first.
 #[tokio::test]
 async fn paged_event_logs_are_read_across_pages() {
+    if !sovereign_agent::mockbmc::have_mockups("paged_event_logs_are_read_across_pages") {
+        return;
+    }
     let dell = mockups().join("vendor/dell");
     for links_only in [false, true] {
         let mut m = MockBmc::new(&dell);
@@ -327,6 +356,9 @@ async fn paged_event_logs_are_read_across_pages() {
 
 #[tokio::test]
 async fn the_poller_reports_only_new_event_log_entries() {
+    if !sovereign_agent::mockbmc::have_mockups("the_poller_reports_only_new_event_log_entries") {
+        return;
+    }
     use sovereign_agent::poller::{Fleet, PollConfig};
     let dir = std::env::temp_dir().join(format!("sovereign-sel-{}", std::process::id()));
     copy_tree(&mockups().join("dmtf/public-rackmount1"), &dir);
@@ -401,6 +433,9 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 /// collection without `Members` (copies of the DMTF local-storage server).
 #[tokio::test]
 async fn a_bad_field_costs_that_field_only() {
+    if !sovereign_agent::mockbmc::have_mockups("a_bad_field_costs_that_field_only") {
+        return;
+    }
     let tree = std::env::temp_dir().join(format!("sovereign-loose-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tree);
     copy_tree(&mockups().join("dmtf/public-localstorage"), &tree);

@@ -34,6 +34,9 @@ fn endpoint(url: String) -> Endpoint {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bmc_telemetry_reaches_the_operator() {
+    if !sovereign_agent::mockbmc::have_mockups("bmc_telemetry_reaches_the_operator") {
+        return;
+    }
     let hub = Arc::new(Hub::new(64));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

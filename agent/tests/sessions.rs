@@ -33,6 +33,9 @@ fn endpoint(url: String, password: &str) -> Endpoint {
 
 #[tokio::test]
 async fn one_session_reused_renewed_and_closed() {
+    if !sovereign_agent::mockbmc::have_mockups("one_session_reused_renewed_and_closed") {
+        return;
+    }
     let m = bmc(2);
     let sessions = m.sessions.clone();
     let s = mockbmc::start(m).await.unwrap();
@@ -66,6 +69,9 @@ async fn one_session_reused_renewed_and_closed() {
 
 #[tokio::test]
 async fn no_session_slot_falls_back_to_basic() {
+    if !sovereign_agent::mockbmc::have_mockups("no_session_slot_falls_back_to_basic") {
+        return;
+    }
     let m = bmc(0);
     let sessions = m.sessions.clone();
     let s = mockbmc::start(m).await.unwrap();
@@ -81,6 +87,9 @@ async fn no_session_slot_falls_back_to_basic() {
 
 #[tokio::test]
 async fn wrong_password_opens_no_session() {
+    if !sovereign_agent::mockbmc::have_mockups("wrong_password_opens_no_session") {
+        return;
+    }
     let m = bmc(2);
     let sessions = m.sessions.clone();
     let s = mockbmc::start(m).await.unwrap();

@@ -3,6 +3,7 @@
 //! Installing and checking the Sovereign CRDs, summarising the inventory, `plan` (placement
 //! from YAML files, no cluster needed), the telemetry front and the controllers (`runtime`).
 
+pub mod ca_publish;
 pub mod controller;
 pub mod crds;
 pub mod inventory;

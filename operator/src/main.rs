@@ -63,6 +63,12 @@ enum Command {
         /// Serve the telemetry stream without TLS (only behind a TLS-terminating mesh).
         #[arg(long, conflicts_with = "tls_cert_file")]
         plaintext_telemetry: bool,
+        /// Publish this CA file (the `ca.crt` cert-manager puts beside the certificate) as
+        /// ConfigMap --publish-ca-configmap in the lease namespace, for the agents to trust.
+        #[arg(long, requires = "publish_ca_configmap")]
+        publish_ca_file: Option<std::path::PathBuf>,
+        #[arg(long, requires = "publish_ca_file")]
+        publish_ca_configmap: Option<String>,
         /// ServiceAccount allowed to publish BMC telemetry for any server. Repeatable.
         #[arg(
             long = "collector",
@@ -255,6 +261,8 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             tls_cert_file,
             tls_key_file,
             plaintext_telemetry,
+            publish_ca_file,
+            publish_ca_configmap,
             collectors,
             node_agents,
             admin_addr,
@@ -301,6 +309,16 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             );
             if once {
                 return Ok(true);
+            }
+            if let (Some(ca_file), Some(configmap)) = (publish_ca_file, publish_ca_configmap) {
+                tokio::spawn(sovereign_operator::ca_publish::run(
+                    client.clone(),
+                    sovereign_operator::ca_publish::CaPublish {
+                        ca_file,
+                        namespace: lease_namespace.clone(),
+                        configmap,
+                    },
+                ));
             }
             let lease = leader_elect.then(|| runtime::LeaseOptions {
                 namespace: lease_namespace,

@@ -177,6 +177,11 @@ async fn cleanup(cluster: &Cluster, p: &str, servers: &[String], nodes: &[String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hardware_status_taints_and_leader_handover_on_a_real_api_server() {
+    if !sovereign_agent::mockbmc::have_mockups(
+        "hardware_status_taints_and_leader_handover_on_a_real_api_server",
+    ) {
+        return;
+    }
     let Some(cluster) =
         cluster("hardware_status_taints_and_leader_handover_on_a_real_api_server").await
     else {

@@ -52,8 +52,13 @@ pub fn helm() -> Option<PathBuf> {
 /// `helm template` of the chart in namespace `sovereign-system` with extra arguments; the
 /// rendered objects, or helm's error text.
 pub fn render(helm: &PathBuf, args: &[&str]) -> Result<Vec<Value>, String> {
+    render_release(helm, "sov", args)
+}
+
+/// [`render`] as release `release` (selectors carry the release name).
+pub fn render_release(helm: &PathBuf, release: &str, args: &[&str]) -> Result<Vec<Value>, String> {
     let out = Command::new(helm)
-        .args(["template", "sov"])
+        .args(["template", release])
         .arg(chart_dir())
         .args(["--namespace", "sovereign-system"])
         .args(args)

@@ -247,6 +247,79 @@ fn plaintext_and_cert_manager_variants() {
     assert_eq!(cert["spec"]["issuerRef"]["name"], "sovereign-ca");
     assert!(find(&cm, "ServiceMonitor", "sovereign-operator").is_some());
     assert!(find(&cm, "PodMonitor", "sovereign-collector").is_some());
+    assert!(find(&cm, "PrometheusRule", "sovereign").is_some());
+    // trust-manager publishes the CA there: the operator does not, and may not.
+    let operator = container_args(find(&cm, "Deployment", "sovereign-operator").unwrap());
+    assert!(!operator.iter().any(|a| a.starts_with("--publish-ca")));
+}
+
+/// Whatever the TLS mode, the CA ConfigMap the agents mount exists or is published: made by the
+/// chart with the CA that signed the operator's certificate, or, with cert-manager alone,
+/// published by the operator from the certificate's `ca.crt` (with RBAC for that one name).
+#[test]
+fn the_agents_ca_always_has_a_source() {
+    let Some(helm) = chart::helm() else { return };
+    let made = chart::render(&helm, &[]).unwrap();
+    let secret = find(&made, "Secret", "sovereign-operator-tls").unwrap();
+    let cm = find(&made, "ConfigMap", "sovereign-operator-ca").unwrap();
+    let ca_in_secret =
+        String::from_utf8(base64_decode(secret["data"]["ca.crt"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        ca_in_secret.trim(),
+        cm["data"]["ca.crt"].as_str().unwrap().trim(),
+        "the ConfigMap holds the CA that signed the served certificate"
+    );
+    assert!(secret["data"]["tls.key"].is_string());
+    assert!(
+        cm["data"].get("tls.key").is_none(),
+        "the agents' ConfigMap never holds a key"
+    );
+
+    let cm_only = chart::render(
+        &helm,
+        &[
+            "--set",
+            "tls.certManager.enabled=true",
+            "--set",
+            "tls.certManager.issuerRef.name=ca",
+        ],
+    )
+    .unwrap();
+    assert!(
+        find(&cm_only, "Secret", "sovereign-operator-tls").is_none(),
+        "cert-manager's"
+    );
+    let operator = container_args(find(&cm_only, "Deployment", "sovereign-operator").unwrap());
+    assert!(operator.contains(&"--publish-ca-file=/etc/sovereign/tls/ca.crt".to_owned()));
+    assert!(operator.contains(&"--publish-ca-configmap=sovereign-operator-ca".to_owned()));
+    let role = find(&cm_only, "Role", "sovereign-operator-leader-election").unwrap();
+    let rules = role["rules"].as_array().unwrap();
+    let patch = rules
+        .iter()
+        .find(|r| {
+            r["resources"][0] == "configmaps"
+                && r["verbs"].as_array().unwrap().iter().any(|v| v == "patch")
+        })
+        .unwrap();
+    assert_eq!(
+        patch["resourceNames"][0], "sovereign-operator-ca",
+        "patch narrowed to the one name"
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    out.stdout
 }
 
 #[test]

@@ -87,3 +87,11 @@ seccompProfile:
 true
 {{- end -}}
 {{- end }}
+
+{{/* Non-empty when the operator publishes cert-manager's ca.crt as the agents' CA ConfigMap. */}}
+{{- define "sovereign.publishCA" -}}
+{{- $tls := .Values.tls -}}
+{{- if and (not $tls.plaintext) $tls.certManager.enabled $tls.certManager.publishCA (not $tls.caBundle) -}}
+true
+{{- end -}}
+{{- end }}

@@ -290,14 +290,10 @@ pub async fn reconcile_site(site: Arc<Site>, ctx: Arc<Context>) -> Result<Action
     let version = site.metadata.resource_version.clone();
     let site = with_written(site, &ctx.written_sites, |s| &mut s.status);
     let decided = rollup::site(&site, &racks, &members, &Time(Timestamp::now()));
-    let mut status = decided.status.clone();
-    // Allocations are the placement ledger's to write.
-    status.allocated = None;
-    ctx.metrics.site(
-        &name,
-        status.capacity.as_ref(),
-        site.status.as_ref().and_then(|s| s.allocated.as_ref()),
-    );
+    // Allocation is the sum of what the ledger wrote on the site's servers.
+    let status = decided.status.clone();
+    ctx.metrics
+        .site(&name, status.capacity.as_ref(), status.allocated.as_ref());
     let action = write_rollup::<Site, _>(
         &ctx,
         &mut guard,

@@ -194,6 +194,14 @@ impl ControllerMetrics {
             site_allocated.clone(),
         );
         let decisions = Family::<DecisionLabel, Counter>::default();
+        // Counted from zero, so a replica that has decided nothing yet (a new leader) answers
+        // rate() with 0 rather than no series at all.
+        for kind in ["StorageVolume", "ComputeInstance"] {
+            decisions.get_or_create(&DecisionLabel {
+                kind: kind.to_owned(),
+                outcome: "Placed".to_owned(),
+            });
+        }
         registry.register(
             "placement_decisions",
             "Placement decisions by kind and outcome (Placed, or the refusal's reason)",
