@@ -211,13 +211,13 @@ async fn a_light_poll_sees_new_readings_health_and_intrusion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background() {
+    use sovereign_agent::poller::{Fleet, PollConfig};
+    use std::time::Instant;
     if !sovereign_agent::mockbmc::have_mockups(
         "a_slow_gpu_server_is_polled_light_with_full_polls_in_the_background",
     ) {
         return;
     }
-    use sovereign_agent::poller::{Fleet, PollConfig};
-    use std::time::Instant;
     // The DGX at 40 ms per request: its whole tree (262 requests) outlives a 1.5 s deadline,
     // its light poll (44 requests, 4 at a time) does not.
     let mut dgx = MockBmc::new(mockups().join("vendor/nvidia-viking"));

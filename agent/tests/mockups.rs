@@ -201,10 +201,10 @@ const KNOWN: &[&str] = &[
 
 #[test]
 fn every_document_of_a_kind_we_read_decodes() {
+    use sovereign_agent::redfish::{DocumentKind, parse_document};
     if !sovereign_agent::mockbmc::have_mockups("every_document_of_a_kind_we_read_decodes") {
         return;
     }
-    use sovereign_agent::redfish::{DocumentKind, parse_document};
     let mut files = Vec::new();
     documents(&mockups(), &mut files);
     let mut decoded = 0;
@@ -356,10 +356,10 @@ async fn paged_event_logs_are_read_across_pages() {
 
 #[tokio::test]
 async fn the_poller_reports_only_new_event_log_entries() {
+    use sovereign_agent::poller::{Fleet, PollConfig};
     if !sovereign_agent::mockbmc::have_mockups("the_poller_reports_only_new_event_log_entries") {
         return;
     }
-    use sovereign_agent::poller::{Fleet, PollConfig};
     let dir = std::env::temp_dir().join(format!("sovereign-sel-{}", std::process::id()));
     copy_tree(&mockups().join("dmtf/public-rackmount1"), &dir);
     let bmc = mockbmc::start(MockBmc::new(&dir)).await.unwrap();

@@ -565,12 +565,12 @@ async fn the_health_reason_carries_the_bmcs_words() {
 /// requests (the DGX H100: its per-sensor pass disappears).
 #[tokio::test]
 async fn expanded_sensors_give_the_same_readings_in_fewer_requests() {
+    use std::sync::atomic::Ordering;
     if !sovereign_agent::mockbmc::have_mockups(
         "expanded_sensors_give_the_same_readings_in_fewer_requests",
     ) {
         return;
     }
-    use std::sync::atomic::Ordering;
     for tree in trees().iter().filter(|t| !t.starts_with("dmtf/")) {
         let plain = MockBmc::new(mockups().join(tree));
         let plain_requests = plain.requests.clone();

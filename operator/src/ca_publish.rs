@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 /// How often the mounted CA is read again.
-const EVERY: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_mins(1);
 
 /// Where the CA comes from and where it goes.
 #[derive(Clone, Debug)]
@@ -47,35 +47,42 @@ pub fn configmap(target: &CaPublish, pem: &str) -> Option<ConfigMap> {
 /// are logged and tried again: agents already running keep the CA they read.
 pub async fn run(client: kube::Client, target: CaPublish) {
     let api: Api<ConfigMap> = Api::namespaced(client, &target.namespace);
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
     let mut published: Option<String> = None;
     loop {
         match std::fs::read_to_string(&target.ca_file) {
             Ok(pem) if published.as_deref() != Some(pem.as_str()) => {
-                match configmap(&target, &pem) {
-                    Some(cm) => match api
-                        .patch(&target.configmap, &params, &Patch::Apply(&cm))
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(configmap = %target.configmap, "operator CA published for the agents");
-                            published = Some(pem);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, configmap = %target.configmap, "publishing the operator CA failed")
-                        }
-                    },
-                    None => {
-                        tracing::warn!(file = %target.ca_file.display(), "no CA certificate to publish (does the issuer set ca.crt?)")
-                    }
+                if publish(&api, &target, &pem).await {
+                    published = Some(pem);
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(file = %target.ca_file.display(), error = %e, "operator CA not readable")
+                tracing::warn!(file = %target.ca_file.display(), error = %e, "operator CA not readable");
             }
         }
         tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// One apply of the ConfigMap; whether it landed.
+async fn publish(api: &Api<ConfigMap>, target: &CaPublish, pem: &str) -> bool {
+    let Some(cm) = configmap(target, pem) else {
+        tracing::warn!(file = %target.ca_file.display(), "no CA certificate to publish (does the issuer set ca.crt?)");
+        return false;
+    };
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    match api
+        .patch(&target.configmap, &params, &Patch::Apply(&cm))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(configmap = %target.configmap, "operator CA published for the agents");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, configmap = %target.configmap, "publishing the operator CA failed");
+            false
+        }
     }
 }
 

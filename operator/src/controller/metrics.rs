@@ -197,7 +197,7 @@ impl ControllerMetrics {
         // Counted from zero, so a replica that has decided nothing yet (a new leader) answers
         // rate() with 0 rather than no series at all.
         for kind in ["StorageVolume", "ComputeInstance"] {
-            decisions.get_or_create(&DecisionLabel {
+            let _zero = decisions.get_or_create(&DecisionLabel {
                 kind: kind.to_owned(),
                 outcome: "Placed".to_owned(),
             });

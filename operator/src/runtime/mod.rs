@@ -470,7 +470,9 @@ pub async fn run(
     );
     stop.cancel();
     drop(ctx);
-    // Dropping the receivers makes the lease manager release the Lease for a fast hand-over.
+    // Dropping the receivers makes the lease manager release the Lease for a fast hand-over
+    // (this one too: held here, it kept the Lease until it expired, 15 s with no leader).
+    drop(lease_rx);
     if let Some(task) = lease_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -160,7 +160,7 @@ async fn reload(
             }
             // Mid-swap (certificate of the new pair, key of the old): next time.
             Err(e) => {
-                tracing::warn!(error = %e, "telemetry certificate changed but does not load yet")
+                tracing::warn!(error = %e, "telemetry certificate changed but does not load yet");
             }
         }
     }
@@ -187,7 +187,7 @@ pub fn incoming(
                                 let _ = tx.send(Ok(tls)).await;
                             }
                             Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
