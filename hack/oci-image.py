@@ -44,13 +44,17 @@ def info(name, mode, kind=tarfile.REGTYPE, size=0):
     return i
 
 
-def layer(entries):
-    """entries: (path in image, bytes or None for a directory, mode). Returns the tar bytes."""
+def layer(entries, owned=(), uid=0):
+    """entries: (path in image, bytes or None for a directory, mode); directories in `owned`
+    belong to `uid`. Returns the tar bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         for path, data, mode in entries:
             if data is None:
-                t.addfile(info(path, mode, tarfile.DIRTYPE))
+                i = info(path, mode, tarfile.DIRTYPE)
+                if path in owned:
+                    i.uid = i.gid = uid
+                t.addfile(i)
             else:
                 t.addfile(info(path, mode, size=len(data)), io.BytesIO(data))
     return buf.getvalue()
@@ -84,8 +88,9 @@ def base_layer(binary, uid):
     files["/etc/group"] = (f"root:x:0:\nnonroot:x:{uid}:\n".encode(), 0o644)
     entries = tree(files)
     entries.append(("tmp", None, 0o1777))
+    entries.append(("home", None, 0o755))
     entries.append(("home/nonroot", None, 0o700))
-    return layer(entries)
+    return layer(entries, owned=("home/nonroot",), uid=uid)
 
 
 def stripped(binary):

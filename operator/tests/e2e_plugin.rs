@@ -60,7 +60,7 @@ async fn the_plugin_answers_top_capacity_and_why_from_the_cluster() {
         let name = format!("{rack}-{name}");
         cluster
             .apply(&json!({"apiVersion": "sovereign.io/v1alpha1", "kind": "Server", "metadata": {"name": name},
-                "spec": {"rack": rack, "bmc": {"address": "https://10.0.0.1",
+                "spec": {"rack": rack, "nodeName": format!("{name}-node"), "bmc": {"address": "https://10.0.0.1",
                     "credentialsSecretRef": {"name": "bmc", "namespace": "sovereign-system"},
                     "insecureSkipVerify": true},
                     "capacity": {"cpu": "64", "memory": "512Gi", "storage": {"ssd": "8Ti"}}}}))
