@@ -151,10 +151,14 @@ pub struct StorageVolumeStatus {
     /// When the current placement was decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_at: Option<Time>,
-    /// Latest observations: Placed, Ready.
+    /// Latest observations: Placed, Ready, and kstatus' Reconciling and Stalled.
     #[serde(default)]
     #[schemars(transform = conditions_list_map, length(max = 16))]
     pub conditions: Vec<Condition>,
+    /// The metadata.generation this status was written for (kstatus: older means in progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub observed_generation: Option<i64>,
 }
 
 /// A tenant's compute: replicated pods with cpu, memory and gpus, placed by Sovereign on servers
@@ -258,8 +262,12 @@ pub struct ComputeInstanceStatus {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub replicas: Vec<InstanceReplica>,
-    /// Latest observations: Placed, Ready.
+    /// Latest observations: Placed, Ready, and kstatus' Reconciling and Stalled.
     #[serde(default)]
     #[schemars(transform = conditions_list_map, length(max = 16))]
     pub conditions: Vec<Condition>,
+    /// The metadata.generation this status was written for (kstatus: older means in progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub observed_generation: Option<i64>,
 }

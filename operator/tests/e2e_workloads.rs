@@ -196,6 +196,17 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
     }
     let v = serde_json::to_value(volumes.get("records").await.unwrap()).unwrap();
     assert!(has_condition(&v, "Placed", "True"), "{v}");
+    // kstatus: in progress (Reconciling) until Ready, never Stalled once placed.
+    assert!(has_condition(&v, "Stalled", "False"), "{v}");
+    assert_eq!(
+        has_condition(&v, "Reconciling", "True"),
+        !has_condition(&v, "Ready", "True"),
+        "{v}"
+    );
+    assert_eq!(
+        v["status"]["observedGeneration"], v["metadata"]["generation"],
+        "{v}"
+    );
 
     // An instance: Pods bound to the chosen nodes, recreated when deleted.
     let instances: Api<ComputeInstance> = Api::namespaced(cluster.client.clone(), &ns);
@@ -325,6 +336,14 @@ async fn volumes_and_instances_are_placed_materialised_and_released_on_a_real_ap
         "{msg}"
     );
     assert_eq!(refused["reason"], "Unschedulable");
+    // GitOps tools (kstatus) read a refused volume as Failed, for the generation they applied.
+    let v = serde_json::to_value(volumes.get("archive").await.unwrap()).unwrap();
+    assert!(has_condition(&v, "Stalled", "True"), "{v}");
+    assert!(has_condition(&v, "Reconciling", "False"), "{v}");
+    assert_eq!(
+        v["status"]["observedGeneration"], v["metadata"]["generation"],
+        "{v}"
+    );
     let big_server = format!("{p}-r1-big");
     server(
         &cluster,

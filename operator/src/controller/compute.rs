@@ -220,6 +220,7 @@ async fn apply_instance(ctx: &Context, c: &ComputeInstance) -> Result<Action, Er
                             phase: Phase::Pending,
                             replicas,
                             conditions: cs,
+                            observed_generation: stored.observed_generation,
                         },
                         t,
                         true,

@@ -317,6 +317,7 @@ pub trait Namespaced:
     kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
     + Clone
     + serde::de::DeserializeOwned
+    + serde::Serialize
     + std::fmt::Debug
 {
 }
@@ -325,6 +326,7 @@ impl<K> Namespaced for K where
     K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug
 {
 }

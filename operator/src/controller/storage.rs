@@ -144,6 +144,7 @@ async fn apply_volume(ctx: &Context, v: &StorageVolume) -> Result<Action, Error>
                             replicas,
                             placed_at: Some(Time(Timestamp::now())),
                             conditions: c,
+                            observed_generation: stored.observed_generation,
                         },
                         t,
                         true,

@@ -56,6 +56,12 @@ where
 {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    let stored = obj_status(obj);
+    let status = &with_kstatus(status, &stored, obj.meta().generation);
+    if status_digest(status) == status_digest(&stored) {
+        // Nothing the callers decided changes what is stored (kstatus included).
+        return Ok(false);
+    }
     // The store may not show our last write yet (a Pod event reconciles the object again at
     // once): the same status written over the same version again is skipped.
     let key = format!("{}/{ns}/{name}", K::kind(&()));
@@ -96,6 +102,77 @@ where
     ctx.written_workloads.record(&key, before, &digest);
     ctx.metrics.write(&K::kind(&()), "changed");
     Ok(true)
+}
+
+/// The status stored on `obj` (Null when it has none).
+fn obj_status<K: serde::Serialize>(obj: &K) -> Value {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|mut v| v.get_mut("status").map(Value::take))
+        .unwrap_or(Value::Null)
+}
+
+/// What GitOps tools (kstatus: Flux, Argo CD) read to wait on a workload, derived from the
+/// conditions the controllers decided: `Stalled` (Failed) while placement is refused,
+/// `Reconciling` (InProgress) until Ready, neither once Ready; and the generation they were
+/// decided from.
+pub fn kstatus(conditions: &[sovereign_crds::Condition]) -> [Desired; 2] {
+    use ConditionStatus::{False, True};
+    let placed = conditions::find(conditions, "Placed");
+    let ready = conditions::find(conditions, "Ready");
+    if let Some(p) = placed.filter(|p| p.status == False) {
+        return [
+            Desired::new(
+                "Reconciling",
+                False,
+                "Refused",
+                "placement refused; see Stalled",
+            ),
+            Desired::new("Stalled", True, p.reason.clone(), p.message.clone()),
+        ];
+    }
+    match ready {
+        Some(r) if r.status == True => [
+            Desired::new("Reconciling", False, "Ready", "every replica is ready"),
+            Desired::new("Stalled", False, "Ready", "every replica is ready"),
+        ],
+        _ => {
+            let (reason, message) = ready.map_or_else(
+                || ("Placing".to_owned(), "being placed".to_owned()),
+                |r| (r.reason.clone(), r.message.clone()),
+            );
+            [
+                Desired::new("Reconciling", True, reason, message),
+                Desired::new("Stalled", False, "InProgress", "placement is going on"),
+            ]
+        }
+    }
+}
+
+/// `status` with top-level `observedGeneration` and the [`kstatus`] conditions (transition
+/// times kept from `stored` when unchanged).
+fn with_kstatus(status: &Value, stored: &Value, generation: Option<i64>) -> Value {
+    let mut out = status.clone();
+    let parse = |v: &Value| -> Vec<sovereign_crds::Condition> {
+        serde_json::from_value(v["conditions"].clone()).unwrap_or_default()
+    };
+    let decided = parse(status);
+    let (derived, _) = merge(&parse(stored), &kstatus(&decided), generation);
+    let mut all: Vec<sovereign_crds::Condition> = decided
+        .into_iter()
+        .filter(|c| c.type_ != "Reconciling" && c.type_ != "Stalled")
+        .collect();
+    all.extend(derived);
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert(
+            "conditions".into(),
+            serde_json::to_value(all).unwrap_or(Value::Null),
+        );
+        if let Some(g) = generation {
+            obj.insert("observedGeneration".into(), g.into());
+        }
+    }
+    out
 }
 
 /// A status' content without its conditions' transition times (a second pass over a stale copy
@@ -416,8 +493,72 @@ pub(super) fn moving_conditions(
 
 #[cfg(test)]
 mod tests {
-    use super::status_digest;
+    use super::{kstatus, status_digest, with_kstatus};
     use serde_json::json;
+
+    fn conds(list: &[(&str, &str, &str)]) -> Vec<sovereign_crds::Condition> {
+        serde_json::from_value(json!(
+            list.iter()
+                .map(
+                    |(t, s, r)| json!({"type": t, "status": s, "reason": r, "message": "m",
+                "lastTransitionTime": "2026-12-07T10:00:00Z"})
+                )
+                .collect::<Vec<_>>()
+        ))
+        .unwrap()
+    }
+
+    /// kstatus reads Stalled=True as Failed, Reconciling=True as InProgress, neither as Current.
+    #[test]
+    fn kstatus_says_failed_when_refused_in_progress_until_ready_and_current_once_ready() {
+        let verdict = |list: &[(&str, &str, &str)]| {
+            let [r, s] = kstatus(&conds(list));
+            (
+                format!("{:?}", r.status),
+                format!("{:?}", s.status),
+                s.reason.clone(),
+            )
+        };
+        let refused = verdict(&[("Placed", "False", "Unschedulable")]);
+        assert_eq!(
+            refused,
+            ("False".into(), "True".into(), "Unschedulable".into())
+        );
+        let pending = verdict(&[
+            ("Placed", "True", "Placed"),
+            ("Ready", "False", "PodsBound"),
+        ]);
+        assert_eq!((pending.0.as_str(), pending.1.as_str()), ("True", "False"));
+        let new = verdict(&[]);
+        assert_eq!((new.0.as_str(), new.1.as_str()), ("True", "False"));
+        let ready = verdict(&[("Placed", "True", "Placed"), ("Ready", "True", "Running")]);
+        assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "False"));
+    }
+
+    #[test]
+    fn the_written_status_carries_its_generation_and_an_unchanged_one_is_the_same() {
+        let decided = json!({"phase": "Pending", "conditions": [
+            {"type": "Placed", "status": "False", "reason": "Unschedulable", "message": "0/3 servers fit",
+             "lastTransitionTime": "2026-12-07T10:00:00Z"}]});
+        let first = with_kstatus(&decided, &serde_json::Value::Null, Some(3));
+        assert_eq!(first["observedGeneration"], 3);
+        let stalled = first["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Stalled")
+            .unwrap();
+        assert_eq!(stalled["status"], "True");
+        assert_eq!(stalled["message"], "0/3 servers fit");
+        // Decided again over what was written: nothing to write.
+        let again = with_kstatus(&decided, &first, Some(3));
+        assert_eq!(status_digest(&again), status_digest(&first));
+        // A new generation is a change.
+        assert_ne!(
+            status_digest(&with_kstatus(&decided, &first, Some(4))),
+            status_digest(&first)
+        );
+    }
 
     #[test]
     fn a_status_rewritten_a_moment_later_has_the_same_digest_and_a_changed_one_does_not() {
