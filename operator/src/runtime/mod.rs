@@ -438,7 +438,7 @@ pub async fn run(
     );
 
     let front_stop = stop.clone();
-    let front_leading = lease_rx.clone();
+    let front_leading = lease_rx.clone().map(|rx| relay_until(rx, stop.clone()));
     let front_task = {
         let stop = stop.clone();
         async move {
@@ -481,6 +481,33 @@ pub async fn run(
     Ok(())
 }
 
+/// A copy of the leadership channel for the telemetry front, which ends (saying "not leading")
+/// when `stop` fires. Agents' streams live on in tonic's connection tasks after the server
+/// future is dropped; holding the Lease's own receiver they kept the lease manager from
+/// releasing the Lease at shutdown, so the next leader waited for it to expire.
+fn relay_until(
+    mut lease: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(*lease.borrow());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = lease.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let _ = tx.send(*lease.borrow_and_update());
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        drop(lease);
+        let _ = tx.send(false);
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use kube::core::DeserializeGuard;
@@ -498,6 +525,28 @@ mod tests {
                 "credentialsSecretRef": {"name": "bmc", "namespace": "ns"}}}
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_front_s_leadership_copy_lets_go_of_the_lease_at_stop() {
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        let stop = super::CancellationToken::new();
+        let mut front = super::relay_until(rx, stop.clone());
+        assert!(*front.borrow());
+        tx.send(false).unwrap();
+        front.changed().await.unwrap();
+        assert!(!*front.borrow_and_update());
+        tx.send(true).unwrap();
+        front.changed().await.unwrap();
+        assert!(*front.borrow_and_update());
+        // At stop the front hears "not leading" and the Lease's channel has no receiver left
+        // (the lease manager then releases the Lease), though the front's copy lives on.
+        stop.cancel();
+        front.changed().await.unwrap();
+        assert!(!*front.borrow());
+        tokio::time::timeout(std::time::Duration::from_secs(5), tx.closed())
+            .await
+            .unwrap();
     }
 
     #[test]
