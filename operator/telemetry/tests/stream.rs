@@ -220,18 +220,21 @@ fn ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_tls_the_agent_verifies_the_operator() {
-    let ca = ca();
+/// A certificate for 127.0.0.1 signed by `ca`, and its key (PEM).
+fn leaf(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
         .unwrap()
-        .signed_by(&key, &ca)
+        .signed_by(&key, ca)
         .unwrap();
-    let tls = ServerTls::Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    };
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_agent_verifies_the_operator() {
+    let ca = ca();
+    let (cert, key) = leaf(&ca);
+    let tls = ServerTls::Pem { cert, key };
     let hub = Arc::new(Hub::new(64));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -297,13 +300,9 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
     let issue = |ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, ca)
-            .unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        std::fs::write(&cert_file, cert.pem()).unwrap();
+        let (cert, key) = leaf(ca);
+        std::fs::write(&key_file, key).unwrap();
+        std::fs::write(&cert_file, cert).unwrap();
     };
     let (old_ca, new_ca) = (ca(), ca());
     issue(&old_ca);
